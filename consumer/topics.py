@@ -1,0 +1,54 @@
+"""Creating freshrec's topics (idempotently) with the settings the contracts need."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from consumer.config import WorkerConfig
+
+__all__ = ["ensure_topics", "topic_specs"]
+
+log = logging.getLogger(__name__)
+
+_COMPACTED = {"cleanup.policy": "compact"}
+
+
+def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
+    """Name -> (partitions, topic configs) of every topic the worker uses.
+
+    Examples
+    --------
+    >>> sorted(topic_specs(WorkerConfig(partitions=4)))
+    ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.recommendations']
+    """
+    # Dead letters keep the original record, which may be as large as max_event_bytes.
+    dlq_bytes = str(config.max_event_bytes + (64 << 10))
+    return {
+        config.events_topic: (config.partitions, {}),
+        config.items_topic: (config.partitions, dict(_COMPACTED)),
+        config.recommendations_topic: (config.partitions, dict(_COMPACTED)),
+        config.dlq_topic: (1, {"max.message.bytes": dlq_bytes}),
+    }
+
+
+def ensure_topics(admin: Any, config: WorkerConfig) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    existing = set(admin.list_topics())
+    created = []
+    for name, (partitions, configs) in topic_specs(config).items():
+        if name in existing:
+            continue
+        try:
+            admin.create_topics(
+                [NewTopic(name, partitions, config.replication_factor, topic_configs=configs)]
+            )
+            created.append(name)
+        except TopicAlreadyExistsError:
+            pass  # another worker won the race
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    return created

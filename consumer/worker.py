@@ -1,0 +1,274 @@
+"""The worker loop: poll a micro-batch, decode, learn, rank, publish, then commit.
+
+Everything it talks to is injected, so the same loop runs over Kafka (``build_worker``) and over
+in-memory sources and publishers (unit tests, ``freshrec evaluate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumer.codec import Limits, decode_event, decode_item
+from consumer.dlq import DeadLetterQueue
+from consumer.exceptions import DecodeError
+from consumer.source import Record, Source, TopicPartitionKey
+from learner.online_metrics import HitRateTracker
+from learner.recommender import Recommender
+from learner.types import Event, Item, ItemDeletion, UserRecommendation
+from serving.metrics import WorkerMetrics
+from serving.publisher import Publisher
+
+__all__ = ["ItemUpdates", "StepReport", "Worker"]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_ITEM = "unknown_item"
+
+
+class ItemUpdates(Protocol):
+    """The catalog feed: records of the items topic."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
+
+    def read_to_end(self, max_records: int = 5000) -> Iterable[list[Record]]: ...
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one ``step`` did."""
+
+    consumed: int = 0
+    processed: int = 0
+    rejected: int = 0
+    published: int = 0
+    item_changes: int = 0
+
+
+@dataclass
+class _Batch:
+    events: list[Event]
+    records: list[Record]  # the record of each event, same order
+    rejected: int
+    offsets: dict[TopicPartitionKey, int]
+
+
+class Worker:
+    """Turns micro-batches of event records into published recommendations.
+
+    Examples
+    --------
+    See ``tests/unit/test_worker.py``; in short::
+
+        worker = Worker(source=src, recommender=rec, publisher=pub, dlq=dlq)
+        worker.run(max_batches=10)
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        recommender: Recommender,
+        publisher: Publisher,
+        dlq: DeadLetterQueue,
+        metrics: WorkerMetrics | None = None,
+        items: ItemUpdates | None = None,
+        batch_size: int = 500,
+        poll_timeout_ms: int = 500,
+        top_k: int = 10,
+        limits: Limits = Limits(),
+        on_published: Callable[[Sequence[UserRecommendation]], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.recommender = recommender
+        self.publisher = publisher
+        self.dlq = dlq
+        self.metrics = metrics or WorkerMetrics()
+        self.items = items
+        self.batch_size = batch_size
+        self.poll_timeout_ms = poll_timeout_ms
+        self.top_k = top_k
+        self.limits = limits
+        self.on_published = on_published
+        self.hit_rate = HitRateTracker()
+        self._stop = threading.Event()
+        self.ready = False
+        self.last_step_monotonic = time.monotonic()
+        self.batches = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def bootstrap(self) -> int:
+        """Load the whole catalog from the items feed before the first event is handled."""
+        changes = 0
+        if self.items is not None:
+            for records in self.items.read_to_end():
+                changes += self._apply_items(records)
+        self.metrics.catalog_items.set(len(self.recommender.items))
+        self.metrics.set_model_version(self.recommender.model_version)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("catalog loaded: %d live items", len(self.recommender.items))
+        return changes
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(
+        self, *, max_batches: int | None = None, until: Callable[[], bool] | None = None
+    ) -> int:
+        """Step until stopped, ``max_batches`` non-empty batches are done, or ``until()``."""
+        done = 0
+        while not self._stop.is_set():
+            if max_batches is not None and done >= max_batches:
+                break
+            if until is not None and until():
+                break
+            if self.step().consumed:
+                done += 1
+        return done
+
+    # -- one micro-batch -----------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        """Handle one poll: items first, then events end to end, committing last."""
+        self.last_step_monotonic = time.monotonic()
+        item_changes = self._poll_items()
+        records = self.source.poll(self.poll_timeout_ms, self.batch_size)
+        self._update_lag()
+        if not records:
+            return StepReport(item_changes=item_changes)
+        self.metrics.events_consumed.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
+        with self._timed("decode"):
+            batch = self._decode(records)
+        with self._timed("learn"):
+            self._learn(batch)
+        with self._timed("rank"):
+            recs = self._rank(batch.events)
+        with self._timed("publish"):
+            self._publish(recs, batch)
+        with self._timed("commit"):
+            self.source.commit(batch.offsets)
+        self.batches += 1
+        return StepReport(len(records), len(batch.events), batch.rejected, len(recs), item_changes)
+
+    def _poll_items(self) -> int:
+        if self.items is None:
+            return 0
+        records = self.items.poll(0, 5000)
+        if not records:
+            return 0
+        with self._timed("items"):
+            return self._apply_items(records)
+
+    def _apply_items(self, records: Sequence[Record]) -> int:
+        """Upserts and tombstones, in order; a bad item record goes to the DLQ."""
+        latest: dict[str, Item | ItemDeletion] = {}
+        for rec in records:
+            try:
+                decoded = decode_item(rec.key, rec.value, self.limits)
+            except DecodeError as err:
+                self._reject(rec, err.reason, str(err))
+                continue
+            latest.pop(decoded.item_id, None)
+            latest[decoded.item_id] = decoded
+        upserts = [it for it in latest.values() if isinstance(it, Item)]
+        deletions = [it.item_id for it in latest.values() if isinstance(it, ItemDeletion)]
+        stored = self.recommender.upsert_items(upserts)
+        removed = self.recommender.delete_items(deletions)
+        self.metrics.items_updated.labels(op="upsert").inc(stored)
+        self.metrics.items_updated.labels(op="delete").inc(removed)
+        self.metrics.catalog_items.set(len(self.recommender.items))
+        if stored or removed:
+            log.info("catalog: %d items stored, %d deleted", stored, removed)
+        return stored + removed
+
+    def _decode(self, records: Sequence[Record]) -> _Batch:
+        events: list[Event] = []
+        kept: list[Record] = []
+        offsets: dict[TopicPartitionKey, int] = {}
+        rejected = 0
+        now_ms = int(time.time() * 1000)
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, -1), rec.offset)
+            try:
+                event = decode_event(rec.value, self.limits, now_ms)
+            except DecodeError as err:
+                self._reject(rec, err.reason, str(err))
+                rejected += 1
+                continue
+            if event.item_id not in self.recommender.items:
+                self._reject(rec, UNKNOWN_ITEM, f"{UNKNOWN_ITEM}: {event.item_id[:64]}")
+                rejected += 1
+                continue
+            events.append(event)
+            kept.append(rec)
+        return _Batch(events, kept, rejected, offsets)
+
+    def _reject(self, record: Record, reason: str, detail: str) -> None:
+        self.dlq.send(record, detail)
+        self.metrics.events_rejected.labels(reason=reason).inc()
+        log.debug("rejected %s: %s", record.source, detail)
+
+    def _learn(self, batch: _Batch) -> None:
+        if not batch.events:
+            return
+        update = self.hit_rate.observe((ev.user_id, ev.item_id) for ev in batch.events)
+        if update.trials:
+            self.metrics.online_hit_trials.inc(update.trials)
+            self.metrics.online_hits.inc(update.hits)
+            self.metrics.online_hit_rate.set(self.hit_rate.rate)
+        if update.drift:
+            self.metrics.drift_detected.inc()
+            log.warning("drift detected in the online hit rate (now %.3f)", self.hit_rate.rate)
+        report = self.recommender.learn(batch.events)
+        if report.trained_pairs:
+            self.metrics.head_steps.inc()
+            self.metrics.train_loss.set(report.loss)
+        self.metrics.users_in_state.set(len(self.recommender.users))
+
+    def _rank(self, events: Sequence[Event]) -> list[UserRecommendation]:
+        users = list(dict.fromkeys(ev.user_id for ev in events))  # one list per user per batch
+        return self.recommender.recommend(users, self.top_k)
+
+    def _publish(self, recs: Sequence[UserRecommendation], batch: _Batch) -> None:
+        self.publisher.publish(recs)
+        self.publisher.flush()
+        self.dlq.flush()
+        delivered = time.time()
+        for rec in batch.records:
+            if rec.timestamp_ms:
+                self.metrics.event_to_publish_seconds.observe(
+                    max(0.0, delivered - rec.timestamp_ms / 1000.0)
+                )
+        for rec in recs:
+            self.hit_rate.remember(rec.user_id, [it.item_id for it in rec.items])
+        self.metrics.recommendations_published.inc(len(recs))
+        self.metrics.events_processed.inc(len(batch.events))
+        self.metrics.set_model_version(self.recommender.model_version)
+        if self.on_published is not None:
+            self.on_published(recs)
+
+    def _update_lag(self) -> None:
+        for (topic, partition), lag in self.source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterable[None]:  # type: ignore[misc]
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage_seconds.labels(stage=stage).observe(time.perf_counter() - start)

@@ -1,0 +1,163 @@
+"""The online head: a bilinear scorer over frozen content embeddings, trained with BPR.
+
+``score(u, v) = q_uᵀ (e_v + δ_v) + b_v`` with ``q_u = ĥ_u W`` and ``W = I + U Vᵀ`` (low rank,
+zero at start, so an untrained head ranks by content similarity). ``δ_v`` (a per-item offset,
+zero at start) and ``b_v`` (a per-item bias) are updated sparsely: a step touches only the rows
+of the items in its batch, so its cost does not grow with the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BilinearHead", "HeadConfig", "bpr_loss"]
+
+
+def bpr_loss(pos: Tensor, neg: Tensor) -> Tensor:
+    """Bayesian personalised ranking loss, summed: ``-Σ log σ(pos - neg)``.
+
+    ``pos`` has shape ``(B,)`` and ``neg`` ``(B, n)``; each positive is compared with its row's
+    negatives.
+
+    Examples
+    --------
+    >>> round(float(bpr_loss(torch.tensor([0.0]), torch.tensor([[0.0]]))), 4)
+    0.6931
+    """
+    return -torch.nn.functional.logsigmoid(pos.unsqueeze(-1) - neg).sum()
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyper-parameters of the head."""
+
+    rank: int = 32
+    lr: float = 0.003  # Adam, for U and V
+    item_lr: float = 0.05  # SGD, for δ and b
+    l2: float = 1e-4
+    negatives: int = 8
+    seed: int = 0
+
+
+class BilinearHead:
+    """Parameters and the BPR step of the bilinear head.
+
+    Examples
+    --------
+    >>> head = BilinearHead(dim=2, capacity=3)
+    >>> e = torch.eye(3)[:, :2]
+    >>> h = torch.tensor([[1.0, 0.0]])
+    >>> head.scores(h, e, 3)
+    tensor([[1., 0., 0.]])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        config: HeadConfig | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        capacity: int = 1024,
+    ) -> None:
+        self.config = config or HeadConfig()
+        self.dim = dim
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        scale = 0.01
+        self.U = torch.nn.Parameter(
+            (torch.randn(dim, self.config.rank, generator=self.generator) * scale).to(self.device)
+        )
+        self.V = torch.nn.Parameter(torch.zeros(dim, self.config.rank, device=self.device))
+        self.optimizer = torch.optim.Adam([self.U, self.V], lr=self.config.lr)
+        self.delta = torch.zeros((capacity, dim), device=self.device)
+        self.bias = torch.zeros(capacity, device=self.device)
+        self.steps = 0
+
+    def ensure_capacity(self, n: int) -> None:
+        cap = self.delta.shape[0]
+        if n <= cap:
+            return
+        new_cap = max(n, 2 * cap)
+        delta = torch.zeros((new_cap, self.dim), device=self.device)
+        delta[:cap] = self.delta
+        bias = torch.zeros(new_cap, device=self.device)
+        bias[:cap] = self.bias
+        self.delta, self.bias = delta, bias
+
+    def item_vectors(self, embeddings: Tensor, num_rows: int) -> Tensor:
+        """``e_v + δ_v`` for rows ``0..num_rows-1``."""
+        self.ensure_capacity(num_rows)
+        return embeddings[:num_rows] + self.delta[:num_rows]
+
+    def query(self, user_vectors: Tensor) -> Tensor:
+        """``ĥ_u W`` for a batch of (un-normalised) user vectors."""
+        h = torch.nn.functional.normalize(user_vectors, dim=-1)
+        return h + (h @ self.U) @ self.V.T
+
+    def scores(self, user_vectors: Tensor, embeddings: Tensor, num_rows: int) -> Tensor:
+        """Scores of every item row for each user: shape ``(users, num_rows)``."""
+        with torch.no_grad():
+            q = self.query(user_vectors)
+            return q @ self.item_vectors(embeddings, num_rows).T + self.bias[:num_rows]
+
+    def loss(
+        self, user_vectors: Tensor, pos_rows: Tensor, neg_rows: Tensor, embeddings: Tensor
+    ) -> Tensor:
+        """Mean BPR loss of a batch, without updating anything (for tests and monitoring)."""
+        with torch.no_grad():
+            q = self.query(user_vectors)
+            s_pos = (q * (embeddings[pos_rows] + self.delta[pos_rows])).sum(-1) + self.bias[
+                pos_rows
+            ]
+            x_neg = embeddings[neg_rows] + self.delta[neg_rows]
+            s_neg = torch.einsum("bd,bnd->bn", q, x_neg) + self.bias[neg_rows]
+            return bpr_loss(s_pos, s_neg) / max(1, s_neg.numel())
+
+    def sample_negatives(self, active: Tensor, batch: int) -> Tensor:
+        """``(batch, negatives)`` item rows drawn uniformly from the live items."""
+        live = torch.nonzero(active, as_tuple=False).squeeze(-1).cpu()
+        pick = torch.randint(
+            0, live.numel(), (batch, self.config.negatives), generator=self.generator
+        )
+        return live[pick].to(self.device)
+
+    def step(
+        self, user_vectors: Tensor, pos_rows: Tensor, neg_rows: Tensor, embeddings: Tensor
+    ) -> float:
+        """One optimiser step of BPR on a batch; returns the mean loss before the step.
+
+        ``user_vectors`` is the state of each event's user *before* the event; rows whose user
+        has no history yet (a zero vector) carry no signal and should be left out by the caller.
+        """
+        if pos_rows.numel() == 0:
+            return 0.0
+        self.ensure_capacity(int(max(pos_rows.max(), neg_rows.max())) + 1)
+        d_pos = self.delta[pos_rows].clone().requires_grad_(True)
+        d_neg = self.delta[neg_rows].clone().requires_grad_(True)
+        b_pos = self.bias[pos_rows].clone().requires_grad_(True)
+        b_neg = self.bias[neg_rows].clone().requires_grad_(True)
+        q = self.query(user_vectors.detach())
+        s_pos = (q * (embeddings[pos_rows] + d_pos)).sum(-1) + b_pos
+        s_neg = torch.einsum("bd,bnd->bn", q, embeddings[neg_rows] + d_neg) + b_neg
+        n_pairs = s_neg.numel()
+        data_loss = bpr_loss(s_pos, s_neg)
+        reg = self.config.l2 * (
+            d_pos.pow(2).sum() + d_neg.pow(2).sum() + b_pos.pow(2).sum() + b_neg.pow(2).sum()
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        ((data_loss + reg) / n_pairs).backward()
+        self.optimizer.step()
+        # Sparse SGD on the touched item rows, with per-pair (not per-batch) gradients.
+        lr = self.config.item_lr * n_pairs / self.config.negatives
+        with torch.no_grad():
+            assert d_pos.grad is not None and d_neg.grad is not None
+            assert b_pos.grad is not None and b_neg.grad is not None
+            self.delta.index_add_(0, pos_rows, -lr * d_pos.grad)
+            self.delta.index_add_(0, neg_rows.reshape(-1), -lr * d_neg.grad.reshape(-1, self.dim))
+            self.bias.index_add_(0, pos_rows, -lr * b_pos.grad)
+            self.bias.index_add_(0, neg_rows.reshape(-1), -lr * b_neg.grad.reshape(-1))
+        self.steps += 1
+        return float(data_loss.detach()) / n_pairs

@@ -1,0 +1,110 @@
+"""The catalog as the model sees it: item ids mapped to rows of a frozen embedding matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from learner.exceptions import UnknownItemError
+
+__all__ = ["ItemTable"]
+
+
+class ItemTable:
+    """Item ids, their frozen content embeddings ``e_v`` and which rows are live.
+
+    A deleted item keeps its row (marked inactive), so that learned parameters indexed by row
+    stay aligned and a re-added item gets its old row back.
+
+    Examples
+    --------
+    >>> table = ItemTable(dim=2)
+    >>> table.upsert(["a", "b"], torch.eye(2))
+    tensor([0, 1])
+    >>> table.delete(["a"]), table.num_active
+    (1, 1)
+    >>> table.row_of("b"), table.ids[1], "a" in table
+    (1, 'b', False)
+    """
+
+    def __init__(self, dim: int, *, device: torch.device | str = "cpu", capacity: int = 1024):
+        self.dim = dim
+        self.device = torch.device(device)
+        self.embeddings = torch.zeros((capacity, dim), device=self.device)
+        self.active = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self.version = 0  # bumped on every change, so callers can cache derived tensors
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def num_active(self) -> int:
+        return int(self.active[: self.num_rows].sum())
+
+    def __contains__(self, item_id: object) -> bool:
+        row = self._rows.get(item_id)  # type: ignore[call-overload]
+        return row is not None and bool(self.active[row])
+
+    def __len__(self) -> int:
+        return self.num_active
+
+    def row_of(self, item_id: str) -> int:
+        """The row of a live item; :class:`UnknownItemError` for unknown or deleted ones."""
+        row = self._rows.get(item_id)
+        if row is None or not bool(self.active[row]):
+            raise UnknownItemError(item_id)
+        return row
+
+    def find(self, item_id: str) -> int | None:
+        """The row of a live item, or None."""
+        row = self._rows.get(item_id)
+        return row if row is not None and bool(self.active[row]) else None
+
+    def upsert(self, item_ids: Sequence[str], embeddings: Tensor) -> Tensor:
+        """Add new items or replace the embeddings of known ones; returns their rows."""
+        rows = []
+        for item_id in item_ids:
+            row = self._rows.get(item_id)
+            if row is None:
+                row = len(self.ids)
+                self._rows[item_id] = row
+                self.ids.append(item_id)
+            rows.append(row)
+        self._ensure_capacity(len(self.ids))
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        if rows:
+            self.embeddings[idx] = embeddings.to(self.device, torch.float32)
+            self.active[idx] = True
+            self.version += 1
+        return idx
+
+    def delete(self, item_ids: Sequence[str]) -> int:
+        """Mark items inactive; returns how many live items were removed."""
+        removed = 0
+        for item_id in item_ids:
+            row = self._rows.get(item_id)
+            if row is not None and bool(self.active[row]):
+                self.active[row] = False
+                removed += 1
+        if removed:
+            self.version += 1
+        return removed
+
+    def _ensure_capacity(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        new_cap = max(n, 2 * self.capacity)
+        grown = torch.zeros((new_cap, self.dim), device=self.device)
+        grown[: self.capacity] = self.embeddings
+        active = torch.zeros(new_cap, dtype=torch.bool, device=self.device)
+        active[: self.capacity] = self.active
+        self.embeddings, self.active = grown, active

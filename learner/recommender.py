@@ -1,0 +1,270 @@
+"""The learner's facade: ``upsert_items`` / ``delete_items``, ``learn(events)``, ``recommend``.
+
+It owns the item table, the user state, the head and trending popularity, and does no I/O.
+
+Examples
+--------
+>>> import torch
+>>> from learner.types import Event, Item
+>>> class Bag:  # a toy encoder: one dimension per distinct word
+...     name, dim, device = "bag", 8, torch.device("cpu")
+...     def encode(self, texts):
+...         words = ["space", "war", "love", "paris", "robot", "ship", "kiss", "rain"]
+...         v = torch.tensor([[float(w in t.lower()) for w in words] for t in texts])
+...         return torch.nn.functional.normalize(v + 1e-6, dim=-1)
+>>> rec = Recommender(Bag())
+>>> rec.upsert_items([Item("a", "Space war"), Item("b", "Robot ship in space"),
+...                   Item("c", "Love in Paris"), Item("d", "Kiss in the rain")])
+4
+>>> report = rec.learn([Event("e1", "u1", "a", "click", None, 0)])
+>>> top = rec.recommend(["u1"], k=1, min_events=1)[0]
+>>> top.strategy, top.items[0].item_id, top.items[0].because
+('personal', 'b', 'a')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from learner.head import BilinearHead, HeadConfig
+from learner.item_table import ItemTable
+from learner.popularity import TrendingPopularity
+from learner.types import Event, Item, ScoredItem, Strategy, UserRecommendation
+from learner.user_state import EventWeights, UserStateStore
+
+__all__ = ["Encoder", "LearnReport", "ModelConfig", "Recommender"]
+
+DAY_S = 86_400.0
+
+
+class Encoder(Protocol):
+    """What the recommender needs of an encoder (``TextEncoder`` / ``CachedEncoder``)."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(self, texts: Sequence[str]) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model settings; the CLI maps its flags onto these."""
+
+    user_half_life_s: float = 14 * DAY_S
+    trending_half_life_s: float = 3 * DAY_S
+    history_len: int = 50
+    min_events: int = 3
+    train: bool = True
+    head: HeadConfig = field(default_factory=HeadConfig)
+    weights: EventWeights = field(default_factory=EventWeights)
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    """What one ``learn`` call did."""
+
+    events: int
+    trained_pairs: int
+    loss: float
+    unknown_items: tuple[str, ...] = ()
+
+
+class Recommender:
+    """Hybrid content + collaborative recommender updated online, one micro-batch at a time."""
+
+    def __init__(self, encoder: Encoder, config: ModelConfig | None = None) -> None:
+        self.encoder = encoder
+        self.config = config or ModelConfig()
+        self.device = encoder.device
+        dim = encoder.dim
+        self.items = ItemTable(dim, device=self.device)
+        self.users = UserStateStore(
+            dim,
+            half_life_s=self.config.user_half_life_s,
+            history_len=self.config.history_len,
+            device=self.device,
+        )
+        self.head = BilinearHead(dim, self.config.head, device=self.device)
+        self.trending = TrendingPopularity(self.config.trending_half_life_s, device=self.device)
+        self._texts: dict[str, str] = {}
+        self._x_cache: tuple[tuple[int, int], Tensor] | None = None
+
+    # -- catalog -------------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.encoder.name}/head-{self.head.steps}"
+
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        """Add or update items; only new or changed texts are encoded. Returns items stored."""
+        latest = {item.item_id: item for item in items}  # the last version in a batch wins
+        changed = [it for it in latest.values() if self._texts.get(it.item_id) != it.text or (
+            it.item_id not in self.items)]
+        if not changed:
+            return 0
+        vectors = self.encoder.encode([it.text for it in changed])
+        rows = self.items.upsert([it.item_id for it in changed], vectors)
+        self.head.ensure_capacity(self.items.capacity)
+        for it in changed:
+            self._texts[it.item_id] = it.text
+        return int(rows.numel())
+
+    def delete_items(self, item_ids: Sequence[str]) -> int:
+        """Remove items from the catalog; they are never recommended again until re-added."""
+        for item_id in item_ids:
+            self._texts.pop(item_id, None)
+        return self.items.delete(item_ids)
+
+    # -- learning ------------------------------------------------------------------------
+
+    def learn(self, events: Sequence[Event]) -> LearnReport:
+        """Learn from a micro-batch: one BPR step on pre-batch user state, then fold it in.
+
+        Events naming an item that is not in the catalog are skipped and reported.
+        """
+        known: list[Event] = []
+        unknown: list[str] = []
+        item_rows: list[int] = []
+        for ev in events:
+            row = self.items.find(ev.item_id)
+            if row is None:
+                unknown.append(ev.event_id)
+            else:
+                known.append(ev)
+                item_rows.append(row)
+        if not known:
+            return LearnReport(0, 0, 0.0, tuple(unknown))
+        dev = self.device
+        user_rows = self.users.rows_for([ev.user_id for ev in known])
+        items = torch.tensor(item_rows, dtype=torch.long, device=dev)
+        weights = torch.tensor(
+            [self.config.weights.of(ev.type, ev.value) for ev in known], device=dev
+        )
+        ts = torch.tensor([ev.ts for ev in known], dtype=torch.int64, device=dev)
+
+        loss, pairs = 0.0, 0
+        if self.config.train:
+            has_history = self.users.counts[user_rows] > 0
+            if bool(has_history.any()):
+                u = self.users.vectors[user_rows[has_history]]
+                pos = items[has_history]
+                neg = self.head.sample_negatives(self.items.active, int(pos.numel()))
+                loss = self.head.step(u, pos, neg, self.items.embeddings)
+                pairs = int(neg.numel())
+                self._x_cache = None
+        x = self.head.item_vectors(self.items.embeddings, self.items.num_rows)[items]
+        self.users.fold(user_rows, items, x, weights, ts)
+        self.trending.observe(items, weights, ts)
+        return LearnReport(len(known), pairs, loss, tuple(unknown))
+
+    # -- ranking -------------------------------------------------------------------------
+
+    def _item_matrix(self) -> Tensor:
+        key = (self.items.version, self.head.steps)
+        if self._x_cache is None or self._x_cache[0] != key:
+            n = self.items.num_rows
+            self._x_cache = (key, self.head.item_vectors(self.items.embeddings, n))
+        return self._x_cache[1]
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int = 10, *, min_events: int | None = None
+    ) -> list[UserRecommendation]:
+        """Top-``k`` for each user, excluding consumed and deleted items, with ``because``.
+
+        Users with fewer than ``min_events`` events get trending items blended with their
+        personal list in proportion to how much history they have (none: trending only).
+        """
+        if not user_ids:
+            return []
+        min_ev = self.config.min_events if min_events is None else min_events
+        n = self.items.num_rows
+        dev = self.device
+        rows = [self.users.row(uid) for uid in user_ids]
+        vectors = torch.stack(
+            [self.users.vectors[r] if r is not None else torch.zeros(self.items.dim, device=dev)
+             for r in rows]
+        )
+        counts = torch.tensor(
+            [0 if r is None else int(self.users.counts[r]) for r in rows], device=dev
+        )
+        with torch.no_grad():
+            x = self._item_matrix()
+            personal = self.head.query(vectors) @ x.T + self.head.bias[:n]
+            alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0).unsqueeze(-1)
+            live = self.items.active[:n]
+            scores = personal
+            if bool((alpha < 1).any()):
+                trend = _minmax(self.trending.scores(n), live).unsqueeze(0)
+                scores = alpha * _minmax_rows(personal, live) + (1 - alpha) * trend
+            scores = scores.masked_fill(~live.unsqueeze(0), float("-inf"))
+            for i, uid in enumerate(user_ids):
+                consumed = self.users.consumed(uid)
+                if consumed:
+                    idx = torch.tensor(sorted(consumed), dtype=torch.long, device=dev)
+                    scores[i, idx] = float("-inf")
+            top = torch.topk(scores, k=min(k, n), dim=-1) if n else None
+        out = []
+        for i, uid in enumerate(user_ids):
+            items: list[ScoredItem] = []
+            if top is not None:
+                vals, idxs = top.values[i], top.indices[i]
+                keep = torch.isfinite(vals)
+                vals, idxs = vals[keep], idxs[keep]
+                because = self._because(uid, idxs, x)
+                items = [
+                    ScoredItem(self.items.ids[j], float(s), b)
+                    for j, s, b in zip(idxs.tolist(), vals.tolist(), because, strict=True)
+                ]
+            count = int(counts[i])
+            strategy: Strategy = (
+                "popular" if count == 0 else "personal" if count >= min_ev else "blend"
+            )
+            row = rows[i]
+            event_ts = 0 if row is None else int(self.users.last_ts_ms[row])
+            out.append(UserRecommendation(uid, items, strategy, self.model_version, event_ts))
+        return out
+
+    def _because(self, user_id: str, item_rows: Tensor, x: Tensor) -> list[str | None]:
+        """For each recommended row, the history item that contributed most to its score."""
+        history = self.users.history(user_id)
+        if not history or item_rows.numel() == 0:
+            return [None] * int(item_rows.numel())
+        hist_rows = torch.tensor([h.item_row for h in history], device=self.device)
+        newest = max(h.ts_ms for h in history)
+        w = torch.tensor(
+            [h.weight * 2.0 ** (-(newest - h.ts_ms) / 1000.0 / self.config.user_half_life_s)
+             for h in history],
+            device=self.device,
+        )
+        q = self.head.query(x[hist_rows])  # (H, d): each history item as a one-item user
+        contrib = w.unsqueeze(-1) * (q @ x[item_rows].T)  # (H, K)
+        best = contrib.argmax(dim=0).tolist()
+        return [self.items.ids[int(hist_rows[b])] for b in best]
+
+
+def _minmax(v: Tensor, live: Tensor) -> Tensor:
+    """Scale ``v`` to [0, 1] over the live entries."""
+    if not bool(live.any()):
+        return torch.zeros_like(v)
+    lo, hi = v[live].min(), v[live].max()
+    return (v - lo) / (hi - lo).clamp(min=1e-12)
+
+
+def _minmax_rows(m: Tensor, live: Tensor) -> Tensor:
+    """Scale each row of ``m`` to [0, 1] over the live columns."""
+    if not bool(live.any()):
+        return torch.zeros_like(m)
+    masked = m[:, live]
+    lo = masked.min(dim=1, keepdim=True).values
+    hi = masked.max(dim=1, keepdim=True).values
+    return (m - lo) / (hi - lo).clamp(min=1e-12)

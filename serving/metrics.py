@@ -1,0 +1,108 @@
+"""The worker's Prometheus metrics, on a registry the worker owns (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["STAGES", "WorkerMetrics"]
+
+STAGES = ("decode", "items", "learn", "rank", "publish", "commit")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class WorkerMetrics:
+    """Every series the worker exports.
+
+    Examples
+    --------
+    >>> m = WorkerMetrics()
+    >>> m.events_rejected.labels(reason="not_msgpack").inc()
+    >>> m.registry.get_sample_value("freshrec_events_rejected_total", {"reason": "not_msgpack"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_consumed = Counter(
+            "freshrec_events_consumed_total", "Event records read from Kafka", registry=r
+        )
+        self.events_processed = Counter(
+            "freshrec_events_processed_total", "Events learned from", registry=r
+        )
+        self.events_rejected = Counter(
+            "freshrec_events_rejected_total",
+            "Event records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.items_updated = Counter(
+            "freshrec_items_updated_total", "Item upserts and deletions applied", ["op"], registry=r
+        )
+        self.batch_size = Histogram(
+            "freshrec_batch_size_events",
+            "Event records per micro-batch",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "freshrec_stage_seconds",
+            "Time spent per micro-batch in each stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_to_publish_seconds = Histogram(
+            "freshrec_event_to_publish_seconds",
+            "From an event's Kafka timestamp to its user's recommendation being delivered",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.recommendations_published = Counter(
+            "freshrec_recommendations_published_total", "Recommendation messages sent", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "freshrec_consumer_lag_events",
+            "Records behind the partition's high watermark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.catalog_items = Gauge("freshrec_catalog_items", "Live items in the catalog", registry=r)
+        self.users_in_state = Gauge(
+            "freshrec_users_in_state", "Users with state on this worker", registry=r
+        )
+        self.online_hit_rate = Gauge(
+            "freshrec_online_hit_rate",
+            "Share of events whose item was in the list last sent to that user (running mean)",
+            registry=r,
+        )
+        self.online_hits = Counter(
+            "freshrec_online_hits_total",
+            "Events whose item was in the list last sent to that user",
+            registry=r,
+        )
+        self.online_hit_trials = Counter(
+            "freshrec_online_hit_trials_total",
+            "Events of users who had been sent a list before",
+            registry=r,
+        )
+        self.drift_detected = Counter(
+            "freshrec_drift_detected_total", "Changes in the online hit rate (ADWIN)", registry=r
+        )
+        self.train_loss = Gauge("freshrec_train_loss", "BPR loss of the last head step", registry=r)
+        self.model_version = Gauge(
+            "freshrec_model_info", "Model in use (value 1)", ["model_version"], registry=r
+        )
+        self.head_steps = Counter("freshrec_head_steps_total", "Optimiser steps", registry=r)
+        self.assigned_partitions = Gauge(
+            "freshrec_assigned_partitions", "Event partitions owned by this worker", registry=r
+        )
+        self.rebalances = Counter(
+            "freshrec_rebalances_total", "Partition assignments and revocations", ["kind"], registry=r
+        )
+        self.ready = Gauge("freshrec_ready", "1 when the worker serves traffic", registry=r)
+
+    def set_model_version(self, version: str) -> None:
+        self.model_version.clear()
+        self.model_version.labels(model_version=version).set(1)
