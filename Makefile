@@ -1,14 +1,17 @@
 # freshrec: `make run` (the quickstart) and `make test` (the whole suite) do all set-up themselves.
 #
 # Heavy dependencies (torch is a multi-GB CUDA build on PyPI) are installed once into a cached
-# environment under $(FRESHREC_CACHE), keyed by a hash of pyproject.toml. The repository's own
+# environment under $(FRESHREC_CACHE), keyed by a hash of pyproject.toml's dependency lists (so
+# editing tool settings there does not reinstall torch). The repository's own
 # .venv is a small virtual environment that sees that cache through a .pth file and holds only
 # the editable install of this checkout, so every clone gets `.venv/bin/freshrec` in seconds.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 FRESHREC_CACHE ?= $(HOME)/.cache/freshrec
-DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+DEPS_LIST := $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	print("\n".join(d["dependencies"] + d["optional-dependencies"]["test"]))'
+DEPS_HASH := $(shell $(DEPS_LIST) | sha256sum | cut -c1-16)
 DEPS := $(FRESHREC_CACHE)/venv-$(DEPS_HASH)
 VENV := .venv
 KAFKA := deploy/kafka/local-kafka.sh
@@ -20,13 +23,12 @@ DURATION ?=
 
 setup: $(VENV)/.ok
 
-$(DEPS)/.ok: pyproject.toml
+$(DEPS)/.ok:
 	@echo "setup: installing dependencies into $(DEPS) (once per pyproject.toml)"
 	rm -rf $(DEPS).tmp
 	$(PYTHON) -m venv $(DEPS).tmp
 	$(DEPS).tmp/bin/pip install -q --upgrade pip
-	$(DEPS).tmp/bin/python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-		print("\n".join(d["dependencies"] + d["optional-dependencies"]["test"]))' > $(DEPS).tmp/requirements.txt
+	$(DEPS_LIST) > $(DEPS).tmp/requirements.txt
 	$(DEPS).tmp/bin/pip install -r $(DEPS).tmp/requirements.txt
 	rm -rf $(DEPS) && mv $(DEPS).tmp $(DEPS)
 	@# venv scripts carry absolute paths; the rename above breaks them, so refer to python -m only.

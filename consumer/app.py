@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.codec import Limits
 from consumer.config import WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
@@ -80,6 +81,7 @@ def _consumer(config: WorkerConfig, **overrides: Any) -> Any:
 class KafkaWorker:
     """A worker with its Kafka clients, so that the CLI can close them in order."""
 
+    config: WorkerConfig
     worker: Worker
     source: KafkaSource
     item_feed: ItemFeed
@@ -116,7 +118,6 @@ def build_worker(
     metrics = metrics or WorkerMetrics()
     recommender = recommender or build_recommender(config)
     producer = kafka_producer(config)
-    worker_ref: list[Worker] = []
 
     def on_assign(tps: list[TopicPartitionKey]) -> None:
         metrics.rebalances.labels(kind="assign").inc()
@@ -140,8 +141,6 @@ def build_worker(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
     item_feed = ItemFeed(_consumer(config, group_id=None), config.items_topic)
-    from consumer.codec import Limits
-
     worker = Worker(
         source=source,
         recommender=recommender,
@@ -154,5 +153,4 @@ def build_worker(
         top_k=config.top_k,
         limits=Limits(config.max_event_bytes, config.max_id_bytes, config.max_future_ms),
     )
-    worker_ref.append(worker)
-    return KafkaWorker(worker, source, item_feed, producer)
+    return KafkaWorker(config, worker, source, item_feed, producer)

@@ -49,6 +49,15 @@ class StepReport:
     published: int = 0
     item_changes: int = 0
 
+    def __add__(self, other: StepReport) -> StepReport:
+        return StepReport(
+            self.consumed + other.consumed,
+            self.processed + other.processed,
+            self.rejected + other.rejected,
+            self.published + other.published,
+            self.item_changes + other.item_changes,
+        )
+
 
 @dataclass
 class _Batch:
@@ -100,6 +109,7 @@ class Worker:
         self.ready = False
         self.last_step_monotonic = time.monotonic()
         self.batches = 0
+        self.totals = StepReport()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -161,7 +171,9 @@ class Worker:
         with self._timed("commit"):
             self.source.commit(batch.offsets)
         self.batches += 1
-        return StepReport(len(records), len(batch.events), batch.rejected, len(recs), item_changes)
+        report = StepReport(len(records), len(batch.events), batch.rejected, len(recs), item_changes)
+        self.totals = self.totals + report
+        return report
 
     def _poll_items(self) -> int:
         if self.items is None:
