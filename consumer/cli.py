@@ -84,7 +84,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     t = kw.worker.totals
     log.info(
         "stopped cleanly after %d batches: consumed=%d processed=%d rejected=%d published=%d",
-        kw.worker.batches, t.consumed, t.processed, t.rejected, t.published,
+        kw.worker.batches,
+        t.consumed,
+        t.processed,
+        t.rejected,
+        t.published,
     )
     return 0
 

@@ -98,7 +98,9 @@ def _ts(obj: Mapping[str, Any], limits: Limits, now_ms: int | None) -> int:
     return ts
 
 
-def decode_event(value: bytes | None, limits: Limits = Limits(), now_ms: int | None = None) -> Event:
+def decode_event(
+    value: bytes | None, limits: Limits = Limits(), now_ms: int | None = None
+) -> Event:
     """Decode and validate one event record.
 
     Examples
@@ -128,7 +130,7 @@ def decode_event(value: bytes | None, limits: Limits = Limits(), now_ms: int | N
         number = float(raw_value)
         if not math.isfinite(number):
             raise DecodeError(NON_FINITE_VALUE, repr(number))
-    etype: EventType = kind  # type: ignore[assignment]
+    etype: EventType = kind
     return Event(event_id, user_id, item_id, etype, number, _ts(obj, limits, now_ms))
 
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from consumer.source import Record
 from serving.exceptions import PublishError
 
-__all__ = ["DeadLetterQueue", "ERROR_HEADER", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
+__all__ = ["ERROR_HEADER", "DeadLetterQueue", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
 
 ERROR_HEADER = "freshrec.error"
 SOURCE_HEADER = "freshrec.source"

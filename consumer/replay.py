@@ -54,12 +54,20 @@ def load_dataset(
     raise ValueError(f"unknown dataset {name!r}")
 
 
-def _send_all(producer: object, topic: str, pairs: Sequence[tuple[bytes, bytes]],
-              *, rate: float, progress: bool, label: str) -> None:
+def _send_all(
+    producer: object,
+    topic: str,
+    pairs: Sequence[tuple[bytes, bytes]],
+    *,
+    rate: float,
+    progress: bool,
+    label: str,
+) -> None:
     pacer = Pacer(rate)
     futures = []
-    with tqdm(total=len(pairs), desc=label, unit="msg", disable=not progress,
-              mininterval=0.5) as bar:
+    with tqdm(
+        total=len(pairs), desc=label, unit="msg", disable=not progress, mininterval=0.5
+    ) as bar:
         for i, (key, value) in enumerate(pairs):
             pacer.wait(i)
             futures.append(producer.send(topic, key=key, value=value))  # type: ignore[attr-defined]
@@ -101,20 +109,29 @@ def replay(
     if limit:
         events = events[:limit]
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=20,
+        bootstrap_servers=bootstrap_servers.split(","),
+        acks="all",
+        linger_ms=20,
         batch_size=256 * 1024,
     )
     n_items = n_events = 0
     try:
         if not events_only:
             pairs = [(it.item_id.encode(), encode_item(it)) for it in items]
-            _send_all(producer, f"{topic_prefix}items", pairs, rate=0.0, progress=progress,
-                      label="items")
+            _send_all(
+                producer, f"{topic_prefix}items", pairs, rate=0.0, progress=progress, label="items"
+            )
             n_items = len(pairs)
         if not items_only:
             pairs = [(ev.user_id.encode(), encode_event(ev)) for ev in events]
-            _send_all(producer, f"{topic_prefix}events", pairs, rate=rate, progress=progress,
-                      label="events")
+            _send_all(
+                producer,
+                f"{topic_prefix}events",
+                pairs,
+                rate=rate,
+                progress=progress,
+                label="events",
+            )
             n_events = len(pairs)
     finally:
         producer.close(timeout=30)

@@ -79,9 +79,7 @@ def watch(
 ) -> int:
     """Follow the output topic until ``duration_s`` passes (0: until Ctrl-C)."""
     titles = _titles(bootstrap_servers, f"{topic_prefix}items")
-    consumer = _consumer(
-        bootstrap_servers, f"{topic_prefix}recommendations", from_beginning=False
-    )
+    consumer = _consumer(bootstrap_servers, f"{topic_prefix}recommendations", from_beginning=False)
     latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
     received = 0
     start = last_draw = time.monotonic()
@@ -104,16 +102,16 @@ def watch(
             cur = scrape(metrics_url)
             dt = max(1e-6, now - prev_t)
 
-            def rate(name: str, cur: dict[str, float] = cur, dt: float = dt) -> float:
-                return (cur.get(name, 0.0) - prev.get(name, 0.0)) / dt
+            published = "freshrec_recommendations_published_total"
+            rates = {name: (cur.get(name, 0.0) - prev.get(name, 0.0)) / dt for name in cur}
 
             lines = [
                 f"freshrec watch - {received} recommendation messages in {now - start:.0f}s"
                 f" - metrics: {metrics_url}",
                 f"events processed {cur.get('freshrec_events_processed_total', 0):.0f}"
-                f" ({rate('freshrec_events_processed_total'):.0f}/s), "
+                f" ({rates.get('freshrec_events_processed_total', 0.0):.0f}/s), "
                 f"rejected {cur.get('freshrec_events_rejected_total', 0):.0f}, "
-                f"lists published {rate('freshrec_recommendations_published_total'):.0f}/s, "
+                f"lists published {rates.get(published, 0.0):.0f}/s, "
                 f"online hit rate {cur.get('freshrec_online_hit_rate', 0):.3f}, "
                 f"users {cur.get('freshrec_users_in_state', 0):.0f}",
                 "",

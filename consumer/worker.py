@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -90,7 +90,7 @@ class Worker:
         batch_size: int = 500,
         poll_timeout_ms: int = 500,
         top_k: int = 10,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         on_published: Callable[[Sequence[UserRecommendation]], None] | None = None,
     ) -> None:
         self.source = source
@@ -102,7 +102,7 @@ class Worker:
         self.batch_size = batch_size
         self.poll_timeout_ms = poll_timeout_ms
         self.top_k = top_k
-        self.limits = limits
+        self.limits = limits or Limits()
         self.on_published = on_published
         self.hit_rate = HitRateTracker()
         self._stop = threading.Event()
@@ -171,7 +171,9 @@ class Worker:
         with self._timed("commit"):
             self.source.commit(batch.offsets)
         self.batches += 1
-        report = StepReport(len(records), len(batch.events), batch.rejected, len(recs), item_changes)
+        report = StepReport(
+            len(records), len(batch.events), batch.rejected, len(recs), item_changes
+        )
         self.totals = self.totals + report
         return report
 
@@ -265,8 +267,8 @@ class Worker:
                 self.metrics.event_to_publish_seconds.observe(
                     max(0.0, delivered - rec.timestamp_ms / 1000.0)
                 )
-        for rec in recs:
-            self.hit_rate.remember(rec.user_id, [it.item_id for it in rec.items])
+        for sent in recs:
+            self.hit_rate.remember(sent.user_id, [it.item_id for it in sent.items])
         self.metrics.recommendations_published.inc(len(recs))
         self.metrics.events_processed.inc(len(batch.events))
         self.metrics.set_model_version(self.recommender.model_version)
@@ -278,7 +280,7 @@ class Worker:
             self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
 
     @contextmanager
-    def _timed(self, stage: str) -> Iterable[None]:  # type: ignore[misc]
+    def _timed(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield

@@ -148,7 +148,7 @@ class BilinearHead:
             d_pos.pow(2).sum() + d_neg.pow(2).sum() + b_pos.pow(2).sum() + b_neg.pow(2).sum()
         )
         self.optimizer.zero_grad(set_to_none=True)
-        ((data_loss + reg) / n_pairs).backward()
+        ((data_loss + reg) / n_pairs).backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         # Sparse SGD on the touched item rows, with per-pair (not per-batch) gradients.
         lr = self.config.item_lr * n_pairs / self.config.negatives

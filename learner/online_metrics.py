@@ -39,7 +39,7 @@ class HitRateTracker:
         self.max_users = max_users
         self._last: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._mean = stats.Mean()
-        self._adwin = drift.ADWIN(delta=adwin_delta)
+        self._adwin = drift.ADWIN(delta=adwin_delta)  # type: ignore[no-untyped-call]
         self.drifts = 0
 
     @property
@@ -58,7 +58,7 @@ class HitRateTracker:
             trials += 1
             hits += hit
             self._mean.update(float(hit))
-            self._adwin.update(float(hit))
+            self._adwin.update(float(hit))  # type: ignore[no-untyped-call]
             if self._adwin.drift_detected:
                 drifted = True
                 self.drifts += 1

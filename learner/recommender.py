@@ -45,7 +45,8 @@ DAY_S = 86_400.0
 class Encoder(Protocol):
     """What the recommender needs of an encoder (``TextEncoder`` / ``CachedEncoder``)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def dim(self) -> int: ...
@@ -108,8 +109,11 @@ class Recommender:
     def upsert_items(self, items: Sequence[Item]) -> int:
         """Add or update items; only new or changed texts are encoded. Returns items stored."""
         latest = {item.item_id: item for item in items}  # the last version in a batch wins
-        changed = [it for it in latest.values() if self._texts.get(it.item_id) != it.text or (
-            it.item_id not in self.items)]
+        changed = [
+            it
+            for it in latest.values()
+            if self._texts.get(it.item_id) != it.text or (it.item_id not in self.items)
+        ]
         if not changed:
             return 0
         vectors = self.encoder.encode([it.text for it in changed])
@@ -191,8 +195,10 @@ class Recommender:
         dev = self.device
         rows = [self.users.row(uid) for uid in user_ids]
         vectors = torch.stack(
-            [self.users.vectors[r] if r is not None else torch.zeros(self.items.dim, device=dev)
-             for r in rows]
+            [
+                self.users.vectors[r] if r is not None else torch.zeros(self.items.dim, device=dev)
+                for r in rows
+            ]
         )
         counts = torch.tensor(
             [0 if r is None else int(self.users.counts[r]) for r in rows], device=dev
@@ -242,8 +248,10 @@ class Recommender:
         hist_rows = torch.tensor([h.item_row for h in history], device=self.device)
         newest = max(h.ts_ms for h in history)
         w = torch.tensor(
-            [h.weight * 2.0 ** (-(newest - h.ts_ms) / 1000.0 / self.config.user_half_life_s)
-             for h in history],
+            [
+                h.weight * 2.0 ** (-(newest - h.ts_ms) / 1000.0 / self.config.user_half_life_s)
+                for h in history
+            ],
             device=self.device,
         )
         q = self.head.query(x[hist_rows])  # (H, d): each history item as a one-item user

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 
-from learner.types import ScoredItem, UserRecommendation
+from learner.types import UserRecommendation
 
 __all__ = ["decode_recommendation", "encode_recommendation"]
 

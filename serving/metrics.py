@@ -68,7 +68,9 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.catalog_items = Gauge("freshrec_catalog_items", "Live items in the catalog", registry=r)
+        self.catalog_items = Gauge(
+            "freshrec_catalog_items", "Live items in the catalog", registry=r
+        )
         self.users_in_state = Gauge(
             "freshrec_users_in_state", "Users with state on this worker", registry=r
         )
@@ -99,7 +101,10 @@ class WorkerMetrics:
             "freshrec_assigned_partitions", "Event partitions owned by this worker", registry=r
         )
         self.rebalances = Counter(
-            "freshrec_rebalances_total", "Partition assignments and revocations", ["kind"], registry=r
+            "freshrec_rebalances_total",
+            "Partition assignments and revocations",
+            ["kind"],
+            registry=r,
         )
         self.ready = Gauge("freshrec_ready", "1 when the worker serves traffic", registry=r)
 

@@ -69,7 +69,13 @@ def test_ml100k_events_produce_contract_lists_for_exactly_those_users(
     for user, msgs in by_user.items():
         for msg in msgs:
             assert set(msg) == {
-                "v", "user_id", "items", "strategy", "model_version", "event_ts", "generated_ts"
+                "v",
+                "user_id",
+                "items",
+                "strategy",
+                "model_version",
+                "event_ts",
+                "generated_ts",
             }
             assert msg["v"] == 1 and msg["strategy"] in {"personal", "popular", "blend"}
             assert isinstance(msg["model_version"], str) and isinstance(msg["event_ts"], int)
@@ -96,8 +102,15 @@ def test_bad_records_land_in_dlq_with_reasons_while_good_ones_are_processed(
     _send_items(producer, config, [Item(f"i{n}", f"Item number {n}") for n in range(5)])
 
     def event(n: int, **override: object) -> bytes:
-        body = {"v": 1, "event_id": f"e{n}", "user_id": "u1", "item_id": f"i{n % 5}",
-                "type": "click", "value": None, "ts": NOW_MS}
+        body = {
+            "v": 1,
+            "event_id": f"e{n}",
+            "user_id": "u1",
+            "item_id": f"i{n % 5}",
+            "type": "click",
+            "value": None,
+            "ts": NOW_MS,
+        }
         body.update(override)
         body = {k: v for k, v in body.items() if v is not ...}
         return bytes(msgpack.packb(body))
@@ -145,8 +158,16 @@ def test_item_tombstone_removes_item_from_later_recommendations(
 ) -> None:
     kw = make_worker(min_events=1)
     config = kw.config
-    titles = ["Space station", "Rocket launch", "Moon landing", "Mars rover", "Deep space probe",
-              "Baking bread", "Pasta recipes", "Garden roses"]
+    titles = [
+        "Space station",
+        "Rocket launch",
+        "Moon landing",
+        "Mars rover",
+        "Deep space probe",
+        "Baking bread",
+        "Pasta recipes",
+        "Garden roses",
+    ]
     _send_items(producer, config, [Item(f"i{n}", t) for n, t in enumerate(titles)])
     kw.worker.bootstrap()
     _send_events(producer, config, [Event("e0", "u1", "i0", "click", None, NOW_MS)])
@@ -166,7 +187,9 @@ def test_item_tombstone_removes_item_from_later_recommendations(
     _send_events(producer, config, [Event("e1", "u1", other, "click", None, NOW_MS + 1)])
     _run_until_consumed(kw, 2)
 
-    lists = [decode_recommendation(r.value) for r in read_all(bootstrap, config.recommendations_topic)]
+    lists = [
+        decode_recommendation(r.value) for r in read_all(bootstrap, config.recommendations_topic)
+    ]
     assert victim in {it["item_id"] for it in lists[0]["items"]}
     assert len(lists) == 2
     assert victim not in {it["item_id"] for it in lists[-1]["items"]}
@@ -177,22 +200,35 @@ def test_brand_new_untouched_item_is_recommended_to_a_textually_close_user(
 ) -> None:
     kw = make_worker(min_events=3, top_k=5)
     config = kw.config
-    space = ["Apollo 13 (1995). genres: Drama, Space", "Armageddon: asteroid mission",
-             "Gravity: astronauts stranded in orbit", "The Martian: stranded on Mars",
-             "Interstellar: a voyage through a wormhole", "Contact: signals from space",
-             "First Man: Neil Armstrong and the Moon landing"]
-    other = ["Pride and Prejudice (2005). genres: Romance", "Julie & Julia: a cooking romance",
-             "The Notebook: a summer love story", "Chef: a food truck comedy",
-             "Ratatouille: a rat who cooks in Paris", "Amelie: romance in Montmartre",
-             "Notting Hill: a bookseller falls in love", "Big Night: an Italian restaurant",
-             "Sleepless in Seattle: romance on the radio", "Babette's Feast: a French dinner"]
+    space = [
+        "Apollo 13 (1995). genres: Drama, Space",
+        "Armageddon: asteroid mission",
+        "Gravity: astronauts stranded in orbit",
+        "The Martian: stranded on Mars",
+        "Interstellar: a voyage through a wormhole",
+        "Contact: signals from space",
+        "First Man: Neil Armstrong and the Moon landing",
+    ]
+    other = [
+        "Pride and Prejudice (2005). genres: Romance",
+        "Julie & Julia: a cooking romance",
+        "The Notebook: a summer love story",
+        "Chef: a food truck comedy",
+        "Ratatouille: a rat who cooks in Paris",
+        "Amelie: romance in Montmartre",
+        "Notting Hill: a bookseller falls in love",
+        "Big Night: an Italian restaurant",
+        "Sleepless in Seattle: romance on the radio",
+        "Babette's Feast: a French dinner",
+    ]
     catalog = [Item(f"s{n}", t) for n, t in enumerate(space)]
     catalog += [Item(f"o{n}", t) for n, t in enumerate(other)]
     _send_items(producer, config, catalog)
     kw.worker.bootstrap()
     # Others make the romance and cooking films popular; u1 watches space films only.
-    history = [Event(f"p{n}", f"fan{n % 7}", f"o{n % 10}", "purchase", None, NOW_MS + n)
-               for n in range(60)]
+    history = [
+        Event(f"p{n}", f"fan{n % 7}", f"o{n % 10}", "purchase", None, NOW_MS + n) for n in range(60)
+    ]
     history += [Event(f"u{n}", "u1", f"s{n}", "click", None, NOW_MS + 100 + n) for n in range(4)]
     _send_events(producer, config, history)
     _run_until_consumed(kw, len(history))
@@ -202,7 +238,10 @@ def test_brand_new_untouched_item_is_recommended_to_a_textually_close_user(
     _send_events(producer, config, [Event("u9", "u1", "s4", "click", None, NOW_MS + 200)])
     _run_until_consumed(kw, len(history) + 1)
 
-    last = [decode_recommendation(r.value) for r in read_all(bootstrap, config.recommendations_topic)
-            if r.key == b"u1"][-1]
+    last = [
+        decode_recommendation(r.value)
+        for r in read_all(bootstrap, config.recommendations_topic)
+        if r.key == b"u1"
+    ][-1]
     assert last["strategy"] == "personal"
     assert "new-1" in [it["item_id"] for it in last["items"]]
