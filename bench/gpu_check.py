@@ -52,8 +52,29 @@ def _encode_rate(enc: TextEncoder, texts: list[str], device: str, repeats: int =
 
 
 def _long_texts(n: int) -> list[str]:
-    words = ("space ship robot love paris rain war peace music garden kitchen river mountain "
-             "city night day story family friend journey secret").split()
+    words = [
+        "space",
+        "ship",
+        "robot",
+        "love",
+        "paris",
+        "rain",
+        "war",
+        "peace",
+        "music",
+        "garden",
+        "kitchen",
+        "river",
+        "mountain",
+        "city",
+        "night",
+        "day",
+        "story",
+        "family",
+        "friend",
+        "journey",
+        "secret",
+    ]
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(words), (n, 90), generator=g).tolist()
     return [" ".join(words[i] for i in row) for row in idx]
@@ -102,16 +123,38 @@ def main() -> int:
     cos = (e_cpu * e_gpu).sum(-1)
     agree = float(cos.min()) > 0.99
     ok &= agree
-    rows.append(("encoder cosine CUDA bf16 vs CPU fp32 (ml-100k titles)",
-                 f"min {float(cos.min()):.4f} mean {float(cos.mean()):.5f}",
-                 "ok" if agree else "FAIL (< 0.99)"))
-    rows.append(("encode ml-100k titles, CPU fp32", f"{_encode_rate(cpu_enc, texts, 'cpu', 1):,.0f} items/s", ""))
-    rows.append(("encode ml-100k titles, CUDA", f"{_encode_rate(gpu_enc, texts, 'cuda'):,.0f} items/s", ""))
+    rows.append(
+        (
+            "encoder cosine CUDA bf16 vs CPU fp32 (ml-100k titles)",
+            f"min {float(cos.min()):.4f} mean {float(cos.mean()):.5f}",
+            "ok" if agree else "FAIL (< 0.99)",
+        )
+    )
+    rows.append(
+        (
+            "encode ml-100k titles, CPU fp32",
+            f"{_encode_rate(cpu_enc, texts, 'cpu', 1):,.0f} items/s",
+            "",
+        )
+    )
+    rows.append(
+        ("encode ml-100k titles, CUDA", f"{_encode_rate(gpu_enc, texts, 'cuda'):,.0f} items/s", "")
+    )
     long = _long_texts(args.long_texts)
-    rows.append(("encode ~128-token texts, CUDA", f"{_encode_rate(gpu_enc, long, 'cuda'):,.0f} items/s",
-                 f"{len(long)} texts"))
-    rows.append(("encode ~128-token texts, CPU fp32", f"{_encode_rate(cpu_enc, long[:1000], 'cpu', 1):,.0f} items/s",
-                 "1000 texts"))
+    rows.append(
+        (
+            "encode ~128-token texts, CUDA",
+            f"{_encode_rate(gpu_enc, long, 'cuda'):,.0f} items/s",
+            f"{len(long)} texts",
+        )
+    )
+    rows.append(
+        (
+            "encode ~128-token texts, CPU fp32",
+            f"{_encode_rate(cpu_enc, long[:1000], 'cpu', 1):,.0f} items/s",
+            "1000 texts",
+        )
+    )
 
     results = {}
     for device in ("cpu", "cuda"):
@@ -120,8 +163,13 @@ def main() -> int:
         hr, eps = _replay(rec, events, args.batch, 10)
         users = sorted({ev.user_id for ev in events})[: args.users]
         results[device] = (hr, eps, rec.recommend(users, 10))
-        rows.append((f"learner replay {len(events)} events, batch {args.batch}, {device}",
-                     f"{eps:,.0f} events/s", f"HR@10 {hr:.4f}"))
+        rows.append(
+            (
+                f"learner replay {len(events)} events, batch {args.batch}, {device}",
+                f"{eps:,.0f} events/s",
+                f"HR@10 {hr:.4f}",
+            )
+        )
     hr_c, _, lists_c = results["cpu"]
     hr_g, _, lists_g = results["cuda"]
     overlap = statistics.mean(
@@ -130,10 +178,20 @@ def main() -> int:
     )
     same_hr = abs(hr_c - hr_g) <= 0.01
     ok &= overlap >= 0.9 and same_hr
-    rows.append(("top-10 overlap CUDA vs CPU after replay", f"{overlap:.3f}",
-                 "ok" if overlap >= 0.9 else "FAIL (< 0.9)"))
-    rows.append(("HR@10 difference CUDA vs CPU", f"{abs(hr_c - hr_g):.4f}",
-                 "ok" if same_hr else "FAIL (> 0.01)"))
+    rows.append(
+        (
+            "top-10 overlap CUDA vs CPU after replay",
+            f"{overlap:.3f}",
+            "ok" if overlap >= 0.9 else "FAIL (< 0.9)",
+        )
+    )
+    rows.append(
+        (
+            "HR@10 difference CUDA vs CPU",
+            f"{abs(hr_c - hr_g):.4f}",
+            "ok" if same_hr else "FAIL (> 0.01)",
+        )
+    )
 
     n_items = 100_000
     x = torch.nn.functional.normalize(torch.randn(n_items, 384, device="cuda"), dim=-1).half()
@@ -145,8 +203,13 @@ def main() -> int:
         torch.topk(q @ x.T, 10, dim=-1)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    rows.append(("exact scores + top-10, 1024 users x 100k items, fp16",
-                 f"{statistics.median(times[5:]) * 1000:.2f} ms", "median of 15"))
+    rows.append(
+        (
+            "exact scores + top-10, 1024 users x 100k items, fp16",
+            f"{statistics.median(times[5:]) * 1000:.2f} ms",
+            "median of 15",
+        )
+    )
 
     name = torch.cuda.get_device_name(0)
     print(f"\n## freshrec GPU check on {name}\n")

@@ -65,7 +65,7 @@ def _unpack_map(value: bytes | None, limits: Limits) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in obj):
         raise DecodeError(WRONG_TYPE, "map keys must be strings")
     version = obj.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool) or version != SCHEMA_VERSION:
         raise DecodeError(BAD_VERSION, f"v={version!r}")
     return obj
 

@@ -144,30 +144,36 @@ def config_from_args(
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for f in fields(cls):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
+            origin[f.name] = "--" + f.name.replace("_", "-")
             continue
         raw = env.get(env_name(f.name))
         if raw is not None:
+            origin[f.name] = env_name(f.name)
             try:
                 values[f.name] = _converter(f.type)(raw)
             except ValueError as err:
                 raise ConfigError(f"{env_name(f.name)}={raw!r}: {err}") from err
     config = cls(**values)
-    _validate(config)
+    _validate(config, origin)
     return config
 
 
-def _validate(config: Any) -> None:
+def _validate(config: Any, origin: Mapping[str, str]) -> None:
+    def where(name: str) -> str:
+        return f"{name} (from {origin[name]})" if name in origin else name
+
     for f in fields(config):
         value = getattr(config, f.name)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+            raise ConfigError(f"{where(f.name)} must be one of {', '.join(choices)}, not {value!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"{f.name} must not be negative, got {value}")
-    for positive in ("batch_size", "top_k", "partitions"):
+            raise ConfigError(f"{where(f.name)} must not be negative, got {value}")
+    for positive in ("batch_size", "top_k", "partitions", "replication_factor"):
         if getattr(config, positive, 1) < 1:
-            raise ConfigError(f"{positive} must be at least 1")
+            raise ConfigError(f"{where(positive)} must be at least 1")

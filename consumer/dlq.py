@@ -10,11 +10,14 @@ from serving.exceptions import PublishError
 __all__ = ["ERROR_HEADER", "DeadLetterQueue", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
 
 ERROR_HEADER = "freshrec.error"
+DETAIL_HEADER = "freshrec.error.detail"
 SOURCE_HEADER = "freshrec.source"
 
 
 class DeadLetterQueue(Protocol):
-    def send(self, record: Record, reason: str) -> None: ...
+    def send(self, record: Record, reason: str, detail: str = "") -> None:
+        """Queue ``record`` with its ``reason`` label (and a human-readable ``detail``)."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -25,24 +28,27 @@ class InMemoryDeadLetters:
     Examples
     --------
     >>> dlq = InMemoryDeadLetters()
-    >>> dlq.send(Record("t", 0, 5, b"k", b"\\xc1"), "not_msgpack: FormatError")
-    >>> dlq.letters[0][1]
-    'not_msgpack: FormatError'
+    >>> dlq.send(Record("t", 0, 5, b"k", b"\\xc1"), "not_msgpack", "FormatError")
+    >>> dlq.letters[0][1], dlq.details[0]
+    ('not_msgpack', 'FormatError')
     """
 
     def __init__(self) -> None:
         self.letters: list[tuple[Record, str]] = []
+        self.details: list[str] = []
 
-    def send(self, record: Record, reason: str) -> None:
+    def send(self, record: Record, reason: str, detail: str = "") -> None:
         self.letters.append((record, reason))
+        self.details.append(detail)
 
     def flush(self) -> None:
         pass
 
 
 class KafkaDeadLetterQueue:
-    """Produces the original key and value unchanged, with ``freshrec.error`` and
-    ``freshrec.source`` headers, to the dead-letter topic."""
+    """Produces the original key and value unchanged to the dead-letter topic, with headers
+    ``freshrec.error`` (the reason label), ``freshrec.error.detail`` (what exactly was wrong)
+    and ``freshrec.source`` (``topic:partition:offset``)."""
 
     def __init__(self, producer: Any, topic: str, *, flush_timeout_s: float = 30.0) -> None:
         self.producer = producer
@@ -50,9 +56,10 @@ class KafkaDeadLetterQueue:
         self.flush_timeout_s = flush_timeout_s
         self._pending: list[Any] = []
 
-    def send(self, record: Record, reason: str) -> None:
+    def send(self, record: Record, reason: str, detail: str = "") -> None:
         headers = [
             (ERROR_HEADER, reason.encode("utf-8")),
+            (DETAIL_HEADER, detail[:1024].encode("utf-8", errors="replace")),
             (SOURCE_HEADER, record.source.encode("utf-8")),
         ]
         self._pending.append(

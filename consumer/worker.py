@@ -137,7 +137,11 @@ class Worker:
     def run(
         self, *, max_batches: int | None = None, until: Callable[[], bool] | None = None
     ) -> int:
-        """Step until stopped, ``max_batches`` non-empty batches are done, or ``until()``."""
+        """Step until stopped, ``max_batches`` non-empty batches are done, or ``until()``.
+
+        Empty polls do not count towards ``max_batches``: over a source that has run dry, pass
+        ``until`` (for example ``until=lambda: source.exhausted``) as well.
+        """
         done = 0
         while not self._stop.is_set():
             if max_batches is not None and done >= max_batches:
@@ -193,7 +197,9 @@ class Worker:
             try:
                 decoded = decode_item(rec.key, rec.value, self.limits)
             except DecodeError as err:
-                self._reject(rec, err.reason, str(err))
+                self.dlq.send(rec, err.reason, err.detail)
+                self.metrics.items_rejected.labels(reason=err.reason).inc()
+                log.warning("bad item record %s: %s", rec.source, err)
                 continue
             latest.pop(decoded.item_id, None)
             latest[decoded.item_id] = decoded
@@ -220,11 +226,13 @@ class Worker:
             try:
                 event = decode_event(rec.value, self.limits, now_ms)
             except DecodeError as err:
-                self._reject(rec, err.reason, str(err))
+                self._reject(rec, err.reason, err.detail)
                 rejected += 1
                 continue
             if event.item_id not in self.recommender.items:
-                self._reject(rec, UNKNOWN_ITEM, f"{UNKNOWN_ITEM}: {event.item_id[:64]}")
+                self._reject(
+                    rec, UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalog"
+                )
                 rejected += 1
                 continue
             events.append(event)
@@ -232,7 +240,7 @@ class Worker:
         return _Batch(events, kept, rejected, offsets)
 
     def _reject(self, record: Record, reason: str, detail: str) -> None:
-        self.dlq.send(record, detail)
+        self.dlq.send(record, reason, detail)
         self.metrics.events_rejected.labels(reason=reason).inc()
         log.debug("rejected %s: %s", record.source, detail)
 

@@ -142,7 +142,7 @@ class Recommender:
         for ev in events:
             row = self.items.find(ev.item_id)
             if row is None:
-                unknown.append(ev.event_id)
+                unknown.append(ev.item_id)
             else:
                 known.append(ev)
                 item_rows.append(row)

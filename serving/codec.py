@@ -19,6 +19,7 @@ def encode_recommendation(rec: UserRecommendation, generated_ts: int | None = No
 
     Examples
     --------
+    >>> from learner.types import ScoredItem
     >>> rec = UserRecommendation("u1", [ScoredItem("i1", 0.5, "i0")], "personal", "m/1", 7)
     >>> msg = decode_recommendation(encode_recommendation(rec, generated_ts=9))
     >>> msg["items"], msg["strategy"], msg["generated_ts"]

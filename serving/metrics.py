@@ -37,6 +37,12 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.items_rejected = Counter(
+            "freshrec_items_rejected_total",
+            "Item records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.items_updated = Counter(
             "freshrec_items_updated_total", "Item upserts and deletions applied", ["op"], registry=r
         )

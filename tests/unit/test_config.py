@@ -109,11 +109,6 @@ def test_flag_outside_choices_is_refused_by_the_parser(capsys: pytest.CaptureFix
     assert "--log-level" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: range/choice errors name the field (batch_size) but not the FRESHREC_* "
-    "variable the bad value came from",
-)
 @pytest.mark.parametrize(
     "variable, value",
     [("FRESHREC_BATCH_SIZE", "0"), ("FRESHREC_TOP_K", "-3"), ("FRESHREC_LOG_LEVEL", "CHATTY")],
