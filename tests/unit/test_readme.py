@@ -1,0 +1,32 @@
+"""The README stays the operator's reference: every setting and every series is in it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from consumer.config import WorkerConfig, env_name
+from serving.metrics import WorkerMetrics
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    first_block = README.split("```")[1]
+    assert "make run" in first_block and "make test" in first_block
+
+
+def test_readme_documents_every_setting_with_its_flag_and_variable() -> None:
+    for f in fields(WorkerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert f"`{flag}` | `{env_name(f.name)}`" in README, flag
+
+
+def test_readme_names_every_metric_series() -> None:
+    names = {
+        metric.name for metric in WorkerMetrics().registry.collect() if metric.name != "target_info"
+    }
+    documented = set(re.findall(r"freshrec_[a-z_]+", README))
+    for name in names:
+        assert name in documented or f"{name}_total" in documented, name
