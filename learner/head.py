@@ -1,13 +1,17 @@
-"""The online head: a bilinear scorer over frozen content embeddings, trained with BPR.
+"""The online head: a bilinear scorer over frozen content embeddings, mixed with other signals
+(item-to-item co-occurrence, trending) by learned weights, trained with BPR.
 
-``score(u, v) = q_uᵀ (e_v + δ_v) + b_v`` with ``q_u = ĥ_u W`` and ``W = I + U Vᵀ`` (low rank,
-zero at start, so an untrained head ranks by content similarity). ``δ_v`` (a per-item offset,
-zero at start) and ``b_v`` (a per-item bias) are updated sparsely: a step touches only the rows
-of the items in its batch, so its cost does not grow with the catalog.
+``score(u, v) = w_0(n_u) q_uᵀ (e_v + δ_v) + Σ_s w_s(n_u) f_s(u, v) + b_v`` with ``q_u = ĥ_u W``
+and ``W = I + U Vᵀ`` (low rank, zero at start, so an untrained head ranks by content similarity).
+Each weight ``w_s(n) = a_s + c_s log(1 + n)`` depends on the user's history length ``n``, so the
+head learns how far to trust each signal for new and for long-standing users. ``δ_v`` (a per-item
+offset) and ``b_v`` (a per-item bias) are updated sparsely: a step touches only the rows of the
+items in its batch, so its cost does not grow with the catalog.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +65,10 @@ class BilinearHead:
         *,
         device: torch.device | str = "cpu",
         capacity: int = 1024,
+        signal_init: tuple[float, ...] = (),
     ) -> None:
         self.config = config or HeadConfig()
+        self.n_signals = len(signal_init)
         self.dim = dim
         self.device = torch.device(device)
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
@@ -71,7 +77,12 @@ class BilinearHead:
             (torch.randn(dim, self.config.rank, generator=self.generator) * scale).to(self.device)
         )
         self.V = torch.nn.Parameter(torch.zeros(dim, self.config.rank, device=self.device))
-        self.optimizer = torch.optim.Adam([self.U, self.V], lr=self.config.lr)
+        # Mixing weights: row 0 the bilinear score, then one row per signal; columns are the
+        # constant and the slope in log(1 + history length).
+        init = torch.zeros((1 + self.n_signals, 2))
+        init[:, 0] = torch.tensor((1.0, *signal_init))
+        self.mix = torch.nn.Parameter(init.to(self.device))
+        self.optimizer = torch.optim.Adam([self.U, self.V, self.mix], lr=self.config.lr)
         self.delta = torch.zeros((capacity, dim), device=self.device)
         self.bias = torch.zeros(capacity, device=self.device)
         self.steps = 0
@@ -97,23 +108,85 @@ class BilinearHead:
         h = torch.nn.functional.normalize(user_vectors, dim=-1)
         return h + (h @ self.U) @ self.V.T
 
-    def scores(self, user_vectors: Tensor, embeddings: Tensor, num_rows: int) -> Tensor:
-        """Scores of every item row for each user: shape ``(users, num_rows)``."""
+    def mixing(self, history_len: Tensor) -> Tensor:
+        """Per-user weights of (bilinear, signals...): shape ``(users, 1 + n_signals)``."""
+        h = torch.log1p(history_len.to(self.device, torch.float32)).unsqueeze(-1)
+        return self.mix[:, 0] + h * self.mix[:, 1]
+
+    def scores(
+        self,
+        user_vectors: Tensor,
+        embeddings: Tensor,
+        num_rows: int,
+        signals: Sequence[Tensor] = (),
+        history_len: Tensor | None = None,
+    ) -> Tensor:
+        """Scores of every item row for each user: shape ``(users, num_rows)``.
+
+        ``signals`` are ``n_signals`` tensors broadcastable to ``(users, num_rows)``.
+        """
         with torch.no_grad():
             q = self.query(user_vectors)
-            return q @ self.item_vectors(embeddings, num_rows).T + self.bias[:num_rows]
+            bil = q @ self.item_vectors(embeddings, num_rows).T
+            if history_len is None:
+                history_len = torch.zeros(user_vectors.shape[0], device=self.device)
+            w = self.mixing(history_len)
+            out = w[:, :1] * bil + self.bias[:num_rows]
+            for s, signal in enumerate(signals):
+                out = out + w[:, 1 + s : 2 + s] * signal
+            return out
+
+    def _pair_scores(
+        self,
+        user_vectors: Tensor,
+        pos_rows: Tensor,
+        neg_rows: Tensor,
+        embeddings: Tensor,
+        d_pos: Tensor,
+        d_neg: Tensor,
+        b_pos: Tensor,
+        b_neg: Tensor,
+        pos_signals: Tensor | None,
+        neg_signals: Tensor | None,
+        history_len: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        q = self.query(user_vectors)
+        if history_len is None:
+            history_len = torch.zeros(user_vectors.shape[0], device=self.device)
+        w = self.mixing(history_len)
+        s_pos = w[:, 0] * (q * (embeddings[pos_rows] + d_pos)).sum(-1) + b_pos
+        s_neg = w[:, :1] * torch.einsum("bd,bnd->bn", q, embeddings[neg_rows] + d_neg) + b_neg
+        if self.n_signals:
+            assert pos_signals is not None and neg_signals is not None
+            s_pos = s_pos + (w[:, 1:] * pos_signals).sum(-1)
+            s_neg = s_neg + (w[:, None, 1:] * neg_signals).sum(-1)
+        return s_pos, s_neg
 
     def loss(
-        self, user_vectors: Tensor, pos_rows: Tensor, neg_rows: Tensor, embeddings: Tensor
+        self,
+        user_vectors: Tensor,
+        pos_rows: Tensor,
+        neg_rows: Tensor,
+        embeddings: Tensor,
+        pos_signals: Tensor | None = None,
+        neg_signals: Tensor | None = None,
+        history_len: Tensor | None = None,
     ) -> Tensor:
         """Mean BPR loss of a batch, without updating anything (for tests and monitoring)."""
         with torch.no_grad():
-            q = self.query(user_vectors)
-            s_pos = (q * (embeddings[pos_rows] + self.delta[pos_rows])).sum(-1) + self.bias[
-                pos_rows
-            ]
-            x_neg = embeddings[neg_rows] + self.delta[neg_rows]
-            s_neg = torch.einsum("bd,bnd->bn", q, x_neg) + self.bias[neg_rows]
+            s_pos, s_neg = self._pair_scores(
+                user_vectors,
+                pos_rows,
+                neg_rows,
+                embeddings,
+                self.delta[pos_rows],
+                self.delta[neg_rows],
+                self.bias[pos_rows],
+                self.bias[neg_rows],
+                pos_signals,
+                neg_signals,
+                history_len,
+            )
             return bpr_loss(s_pos, s_neg) / max(1, s_neg.numel())
 
     def sample_negatives(self, active: Tensor, batch: int) -> Tensor:
@@ -125,12 +198,21 @@ class BilinearHead:
         return live[pick].to(self.device)
 
     def step(
-        self, user_vectors: Tensor, pos_rows: Tensor, neg_rows: Tensor, embeddings: Tensor
+        self,
+        user_vectors: Tensor,
+        pos_rows: Tensor,
+        neg_rows: Tensor,
+        embeddings: Tensor,
+        pos_signals: Tensor | None = None,
+        neg_signals: Tensor | None = None,
+        history_len: Tensor | None = None,
     ) -> float:
         """One optimiser step of BPR on a batch; returns the mean loss before the step.
 
         ``user_vectors`` is the state of each event's user *before* the event; rows whose user
         has no history yet (a zero vector) carry no signal and should be left out by the caller.
+        ``pos_signals`` ``(B, S)`` and ``neg_signals`` ``(B, negatives, S)`` are the other
+        signals' values for the positive and negative items, also from before the event.
         """
         if pos_rows.numel() == 0:
             return 0.0
@@ -139,9 +221,19 @@ class BilinearHead:
         d_neg = self.delta[neg_rows].clone().requires_grad_(True)
         b_pos = self.bias[pos_rows].clone().requires_grad_(True)
         b_neg = self.bias[neg_rows].clone().requires_grad_(True)
-        q = self.query(user_vectors.detach())
-        s_pos = (q * (embeddings[pos_rows] + d_pos)).sum(-1) + b_pos
-        s_neg = torch.einsum("bd,bnd->bn", q, embeddings[neg_rows] + d_neg) + b_neg
+        s_pos, s_neg = self._pair_scores(
+            user_vectors.detach(),
+            pos_rows,
+            neg_rows,
+            embeddings,
+            d_pos,
+            d_neg,
+            b_pos,
+            b_neg,
+            pos_signals,
+            neg_signals,
+            history_len,
+        )
         n_pairs = s_neg.numel()
         data_loss = bpr_loss(s_pos, s_neg)
         reg = self.config.l2 * (

@@ -31,6 +31,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
@@ -66,6 +67,18 @@ class ModelConfig:
     history_len: int = 50
     min_events: int = 3
     train: bool = True
+    # Item-to-item co-occurrence: on/off, neighbours kept per item, history items paired.
+    cooc: bool = True
+    cooc_neighbours: int = 200
+    cooc_history: int = 20
+    # Trending popularity as a learned signal (beside the cold-start blend).
+    trend_signal: bool = True
+    cooc_init: float = 1.0
+    trend_init: float = 0.1
+    # The head steps once this many training pairs are pending. With micro-batches (the
+    # worker) 1 means one step per batch; event-at-a-time learning (evaluation) batches its
+    # pairs, each still taken from the state before its own event.
+    min_train_pairs: int = 1
     head: HeadConfig = field(default_factory=HeadConfig)
     weights: EventWeights = field(default_factory=EventWeights)
 
@@ -95,9 +108,18 @@ class Recommender:
             history_len=self.config.history_len,
             device=self.device,
         )
-        self.head = BilinearHead(dim, self.config.head, device=self.device)
+        init: list[float] = []
+        self.cooc: CoOccurrence | None = None
+        if self.config.cooc:
+            self.cooc = CoOccurrence(max_neighbours=self.config.cooc_neighbours, device=self.device)
+            init.append(self.config.cooc_init)
+        if self.config.trend_signal:
+            init.append(self.config.trend_init)
+        self.head = BilinearHead(dim, self.config.head, device=self.device, signal_init=tuple(init))
         self.trending = TrendingPopularity(self.config.trending_half_life_s, device=self.device)
         self._texts: dict[str, str] = {}
+        self._pending: list[tuple[Tensor, ...]] = []
+        self._pending_pairs = 0
         self._x_cache: tuple[tuple[int, int], Tensor] | None = None
 
     # -- catalog -------------------------------------------------------------------------
@@ -160,16 +182,96 @@ class Recommender:
         if self.config.train:
             has_history = self.users.counts[user_rows] > 0
             if bool(has_history.any()):
-                u = self.users.vectors[user_rows[has_history]]
-                pos = items[has_history]
-                neg = self.head.sample_negatives(self.items.active, int(pos.numel()))
-                loss = self.head.step(u, pos, neg, self.items.embeddings)
-                pairs = int(neg.numel())
-                self._x_cache = None
+                self._queue_pairs(user_rows[has_history], items[has_history])
+            if self._pending_pairs >= self.config.min_train_pairs:
+                loss, pairs = self._train_step()
+        if self.cooc is not None:
+            self._observe_cooccurrence(known, user_rows, items, weights)
         x = self.head.item_vectors(self.items.embeddings, self.items.num_rows)[items]
         self.users.fold(user_rows, items, x, weights, ts)
         self.trending.observe(items, weights, ts)
         return LearnReport(len(known), pairs, loss, tuple(unknown))
+
+    def _queue_pairs(self, user_rows: Tensor, pos: Tensor) -> None:
+        """Snapshot training pairs from the current (pre-event) state for the next step."""
+        b = int(pos.numel())
+        neg = self.head.sample_negatives(self.items.active, b)
+        n_sig = self.head.n_signals
+        pos_sig = torch.zeros((b, n_sig), device=self.device)
+        neg_sig = torch.zeros((b, neg.shape[1], n_sig), device=self.device)
+        if n_sig:
+            full = [sig.expand(b, -1) for sig in self._signals(user_rows.tolist())]
+            pos_sig = torch.stack([f.gather(1, pos.unsqueeze(1)).squeeze(1) for f in full], -1)
+            neg_sig = torch.stack([f.gather(1, neg) for f in full], -1)
+        self._pending.append(
+            (
+                self.users.vectors[user_rows].clone(),
+                pos,
+                neg,
+                pos_sig,
+                neg_sig,
+                self.users.counts[user_rows].clone(),
+            )
+        )
+        self._pending_pairs += b
+
+    def _train_step(self) -> tuple[float, int]:
+        """One BPR step on the pending pairs."""
+        parts = [torch.cat(column) for column in zip(*self._pending, strict=True)]
+        self._pending, self._pending_pairs = [], 0
+        users, pos, neg, pos_sig, neg_sig, counts = parts
+        loss = self.head.step(
+            users,
+            pos,
+            neg,
+            self.items.embeddings,
+            pos_sig if self.head.n_signals else None,
+            neg_sig if self.head.n_signals else None,
+            counts,
+        )
+        self._x_cache = None
+        return loss, int(neg.numel())
+
+    def _observe_cooccurrence(
+        self, events: Sequence[Event], user_rows: Tensor, items: Tensor, weights: Tensor
+    ) -> None:
+        """Pair each event's item with its user's recent items, in event order."""
+        assert self.cooc is not None
+        in_batch: dict[int, list[tuple[int, float]]] = {}
+        for u, i, w in zip(user_rows.tolist(), items.tolist(), weights.tolist(), strict=True):
+            recent = [(h.item_row, h.weight) for h in self.users.history_of_row(u)]
+            recent = (recent + in_batch.get(u, []))[-self.config.cooc_history :]
+            self.cooc.observe(
+                item=i,
+                item_weight=w,
+                history=torch.tensor([r for r, _ in recent], dtype=torch.long, device=self.device),
+                history_weights=torch.tensor([x for _, x in recent], device=self.device),
+            )
+            in_batch.setdefault(u, []).append((i, w))
+
+    def _signals(self, user_rows: Sequence[int | None]) -> list[Tensor]:
+        """The non-bilinear signals, each broadcastable to ``(users, num_rows)``, in [0, 1]."""
+        n = self.items.num_rows
+        out: list[Tensor] = []
+        if self.cooc is not None:
+            rows = []
+            for r in user_rows:
+                hist = () if r is None else self.users.history_of_row(r)
+                recent = list(hist)[-self.config.cooc_history :]
+                rows.append(
+                    self.cooc.scores(
+                        torch.tensor(
+                            [h.item_row for h in recent], dtype=torch.long, device=self.device
+                        ),
+                        torch.tensor([h.weight for h in recent], device=self.device),
+                        n,
+                    )
+                )
+            out.append(torch.stack(rows) if rows else torch.zeros((0, n), device=self.device))
+        if self.config.trend_signal:
+            t = torch.log1p(self.trending.scores(n))
+            out.append((t / t.max().clamp(min=1e-9)).unsqueeze(0))
+        return out
 
     # -- ranking -------------------------------------------------------------------------
 
@@ -205,7 +307,12 @@ class Recommender:
         )
         with torch.no_grad():
             x = self._item_matrix()
-            personal = self.head.query(vectors) @ x.T + self.head.bias[:n]
+            signals = self._signals(rows) if self.head.n_signals else []
+            q = self.head.query(vectors)
+            w = self.head.mixing(counts)
+            personal = w[:, :1] * (q @ x.T) + self.head.bias[:n]
+            for s_i, signal in enumerate(signals):
+                personal = personal + w[:, 1 + s_i : 2 + s_i] * signal
             alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0).unsqueeze(-1)
             live = self.items.active[:n]
             scores = personal

@@ -181,6 +181,9 @@ class UserStateStore:
         row = self._rows.get(user_id)
         return () if row is None else tuple(self._histories[row])
 
+    def history_of_row(self, row: int) -> Sequence[HistoryEntry]:
+        return self._histories[row]
+
     def consumed(self, user_id: str) -> set[int]:
         row = self._rows.get(user_id)
         return set() if row is None else self._consumed[row]
