@@ -43,6 +43,9 @@ class HeadConfig:
     item_lr: float = 0.05  # SGD, for δ and b
     l2: float = 1e-4
     negatives: int = 8
+    # Share of negatives drawn in proportion to popularity^0.75 rather than uniformly: popular
+    # items are the hard negatives that decide a top-10, uniform ones are mostly easy.
+    popular_negatives: float = 0.5
     seed: int = 0
 
 
@@ -66,6 +69,7 @@ class BilinearHead:
         device: torch.device | str = "cpu",
         capacity: int = 1024,
         signal_init: tuple[float, ...] = (),
+        bilinear_init: float = 1.0,
     ) -> None:
         self.config = config or HeadConfig()
         self.n_signals = len(signal_init)
@@ -80,7 +84,7 @@ class BilinearHead:
         # Mixing weights: row 0 the bilinear score, then one row per signal; columns are the
         # constant and the slope in log(1 + history length).
         init = torch.zeros((1 + self.n_signals, 2))
-        init[:, 0] = torch.tensor((1.0, *signal_init))
+        init[:, 0] = torch.tensor((bilinear_init, *signal_init))
         self.mix = torch.nn.Parameter(init.to(self.device))
         self.optimizer = torch.optim.Adam([self.U, self.V, self.mix], lr=self.config.lr)
         self.delta = torch.zeros((capacity, dim), device=self.device)
@@ -189,13 +193,27 @@ class BilinearHead:
             )
             return bpr_loss(s_pos, s_neg) / max(1, s_neg.numel())
 
-    def sample_negatives(self, active: Tensor, batch: int) -> Tensor:
-        """``(batch, negatives)`` item rows drawn uniformly from the live items."""
+    def sample_negatives(
+        self,
+        active: Tensor,
+        batch: int,
+        popularity: Tensor | None = None,
+        count: int | None = None,
+    ) -> Tensor:
+        """``(batch, count)`` live item rows: some uniform, some by ``popularity^0.75``."""
         live = torch.nonzero(active, as_tuple=False).squeeze(-1).cpu()
-        pick = torch.randint(
-            0, live.numel(), (batch, self.config.negatives), generator=self.generator
-        )
-        return live[pick].to(self.device)
+        n = self.config.negatives if count is None else count
+        n_pop = 0 if popularity is None else round(n * self.config.popular_negatives)
+        pick = torch.randint(0, live.numel(), (batch, n - n_pop), generator=self.generator)
+        rows = live[pick]
+        if n_pop:
+            assert popularity is not None
+            weights = popularity.cpu()[live].clamp(min=0).pow(0.75) + 1e-6
+            extra = torch.multinomial(
+                weights, batch * n_pop, replacement=True, generator=self.generator
+            )
+            rows = torch.cat([rows, live[extra].reshape(batch, n_pop)], dim=1)
+        return rows.to(self.device)
 
     def step(
         self,

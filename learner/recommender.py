@@ -69,16 +69,21 @@ class ModelConfig:
     train: bool = True
     # Item-to-item co-occurrence: on/off, neighbours kept per item, history items paired.
     cooc: bool = True
-    cooc_neighbours: int = 200
+    cooc_neighbours: int = 1024
     cooc_history: int = 20
     # Trending popularity as a learned signal (beside the cold-start blend).
     trend_signal: bool = True
+    bilinear_init: float = 1.0
     cooc_init: float = 1.0
     trend_init: float = 0.1
     # The head steps once this many training pairs are pending. With micro-batches (the
     # worker) 1 means one step per batch; event-at-a-time learning (evaluation) batches its
     # pairs, each still taken from the state before its own event.
     min_train_pairs: int = 1
+    # Share of each pair's negatives taken from the model's own current top items (a pool of
+    # ``hard_negative_pool``), the rest sampled (see HeadConfig.popular_negatives).
+    hard_negatives: float = 0.5
+    hard_negative_pool: int = 20
     head: HeadConfig = field(default_factory=HeadConfig)
     weights: EventWeights = field(default_factory=EventWeights)
 
@@ -115,7 +120,13 @@ class Recommender:
             init.append(self.config.cooc_init)
         if self.config.trend_signal:
             init.append(self.config.trend_init)
-        self.head = BilinearHead(dim, self.config.head, device=self.device, signal_init=tuple(init))
+        self.head = BilinearHead(
+            dim,
+            self.config.head,
+            device=self.device,
+            signal_init=tuple(init),
+            bilinear_init=self.config.bilinear_init,
+        )
         self.trending = TrendingPopularity(self.config.trending_half_life_s, device=self.device)
         self._texts: dict[str, str] = {}
         self._pending: list[tuple[Tensor, ...]] = []
@@ -192,15 +203,57 @@ class Recommender:
         self.trending.observe(items, weights, ts)
         return LearnReport(len(known), pairs, loss, tuple(unknown))
 
+    def _personal_scores(self, vectors: Tensor, counts: Tensor, signals: list[Tensor]) -> Tensor:
+        """The head's score of every item row for each user (no blending, no masking)."""
+        x = self._item_matrix()
+        w = self.head.mixing(counts)
+        out = w[:, :1] * (self.head.query(vectors) @ x.T) + self.head.bias[: x.shape[0]]
+        for s_i, signal in enumerate(signals):
+            out = out + w[:, 1 + s_i : 2 + s_i] * signal
+        return out
+
+    def _hard_negatives(
+        self, user_rows: Tensor, pos: Tensor, signals: list[Tensor], count: int
+    ) -> Tensor:
+        """``count`` negatives per pair drawn from the items the model ranks highest now.
+
+        These are the items a top-K list is decided on; uniform negatives are mostly items
+        nobody would rank anyway, and learning to beat them trades top-K quality for AUC.
+        """
+        with torch.no_grad():
+            scores = self._personal_scores(
+                self.users.vectors[user_rows], self.users.counts[user_rows], signals
+            )
+            n = scores.shape[1]
+            scores = scores.masked_fill(~self.items.active[:n].unsqueeze(0), float("-inf"))
+            for i, r in enumerate(user_rows.tolist()):
+                consumed = self.users.consumed_of_row(r)
+                if consumed:
+                    scores[i, torch.tensor(sorted(consumed), device=self.device)] = float("-inf")
+            scores.scatter_(1, pos.unsqueeze(1), float("-inf"))
+            pool = min(self.config.hard_negative_pool, n)
+            top = torch.topk(scores, pool, dim=-1).indices
+            pick = torch.randint(0, pool, (top.shape[0], count), generator=self.head.generator)
+            return top.gather(1, pick.to(self.device))
+
     def _queue_pairs(self, user_rows: Tensor, pos: Tensor) -> None:
         """Snapshot training pairs from the current (pre-event) state for the next step."""
         b = int(pos.numel())
-        neg = self.head.sample_negatives(self.items.active, b)
+        signals = self._signals(user_rows.tolist()) if self.head.n_signals else []
+        n_hard = round(self.head.config.negatives * self.config.hard_negatives)
+        neg = self.head.sample_negatives(
+            self.items.active,
+            b,
+            self.trending.scores(self.items.capacity),
+            count=self.head.config.negatives - n_hard,
+        )
+        if n_hard:
+            neg = torch.cat([neg, self._hard_negatives(user_rows, pos, signals, n_hard)], dim=1)
         n_sig = self.head.n_signals
         pos_sig = torch.zeros((b, n_sig), device=self.device)
         neg_sig = torch.zeros((b, neg.shape[1], n_sig), device=self.device)
         if n_sig:
-            full = [sig.expand(b, -1) for sig in self._signals(user_rows.tolist())]
+            full = [sig.expand(b, -1) for sig in signals]
             pos_sig = torch.stack([f.gather(1, pos.unsqueeze(1)).squeeze(1) for f in full], -1)
             neg_sig = torch.stack([f.gather(1, neg) for f in full], -1)
         self._pending.append(
@@ -308,11 +361,7 @@ class Recommender:
         with torch.no_grad():
             x = self._item_matrix()
             signals = self._signals(rows) if self.head.n_signals else []
-            q = self.head.query(vectors)
-            w = self.head.mixing(counts)
-            personal = w[:, :1] * (q @ x.T) + self.head.bias[:n]
-            for s_i, signal in enumerate(signals):
-                personal = personal + w[:, 1 + s_i : 2 + s_i] * signal
+            personal = self._personal_scores(vectors, counts, signals)
             alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0).unsqueeze(-1)
             live = self.items.active[:n]
             scores = personal

@@ -184,6 +184,9 @@ class UserStateStore:
     def history_of_row(self, row: int) -> Sequence[HistoryEntry]:
         return self._histories[row]
 
+    def consumed_of_row(self, row: int) -> set[int]:
+        return self._consumed[row]
+
     def consumed(self, user_id: str) -> set[int]:
         row = self._rows.get(user_id)
         return set() if row is None else self._consumed[row]
