@@ -71,6 +71,9 @@ class ModelConfig:
     cooc: bool = True
     cooc_neighbours: int = 1024
     cooc_history: int = 20
+    # Weight of the k-th most recent history item in the co-occurrence score is recency^k:
+    # what a user just watched says most about what comes next.
+    cooc_recency: float = 0.9
     # Trending popularity as a learned signal (beside the cold-start blend).
     trend_signal: bool = True
     bilinear_init: float = 1.0
@@ -311,12 +314,17 @@ class Recommender:
             for r in user_rows:
                 hist = () if r is None else self.users.history_of_row(r)
                 recent = list(hist)[-self.config.cooc_history :]
+                last = len(recent) - 1
+                recency = self.config.cooc_recency
                 rows.append(
                     self.cooc.scores(
                         torch.tensor(
                             [h.item_row for h in recent], dtype=torch.long, device=self.device
                         ),
-                        torch.tensor([h.weight for h in recent], device=self.device),
+                        torch.tensor(
+                            [h.weight * recency ** (last - j) for j, h in enumerate(recent)],
+                            device=self.device,
+                        ),
                         n,
                     )
                 )
