@@ -116,3 +116,23 @@ class CoOccurrence:
         contrib = sim * history_weights.unsqueeze(-1)
         out.index_add_(0, safe.reshape(-1), contrib.reshape(-1))
         return out / history_weights.sum().clamp(min=1e-9)
+
+    def similarity(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """``sim(rows[a], cols[b])`` as an ``(len(rows), len(cols))`` matrix (0 if unknown).
+
+        Examples
+        --------
+        >>> co = CoOccurrence(max_neighbours=4)
+        >>> co.observe(item=0, item_weight=1.0, history=torch.tensor([], dtype=torch.long),
+        ...            history_weights=torch.ones(0))
+        >>> co.observe(item=1, item_weight=1.0, history=torch.tensor([0]),
+        ...            history_weights=torch.ones(1))
+        >>> co.similarity(torch.tensor([0, 1]), torch.tensor([1, 2])).tolist()
+        [[1.0, 0.0], [0.0, 0.0]]
+        """
+        self._ensure_capacity(int(max(rows.max(), cols.max())) + 1)
+        nbr = self.idx[rows]  # (R, M)
+        match = nbr.unsqueeze(1) == cols.view(1, -1, 1)  # (R, C, M)
+        weight = (self.weight[rows].unsqueeze(1) * match).sum(-1)  # (R, C)
+        norm = torch.sqrt(self.mass[rows].unsqueeze(-1) * self.mass[cols].unsqueeze(0))
+        return weight / norm.clamp(min=1e-9)

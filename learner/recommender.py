@@ -405,7 +405,9 @@ class Recommender:
         return out
 
     def _because(self, user_id: str, item_rows: Tensor, x: Tensor) -> list[str | None]:
-        """For each recommended row, the history item that contributed most to its score."""
+        """For each recommended row, the history item that contributed most to its score:
+        its share of the bilinear score plus its share of the co-occurrence score, each with
+        the weight the head gives that signal for this user."""
         history = self.users.history(user_id)
         if not history or item_rows.numel() == 0:
             return [None] * int(item_rows.numel())
@@ -418,8 +420,22 @@ class Recommender:
             ],
             device=self.device,
         )
+        mix = self.head.mixing(torch.tensor([len(history)], device=self.device))[0]
         q = self.head.query(x[hist_rows])  # (H, d): each history item as a one-item user
-        contrib = w.unsqueeze(-1) * (q @ x[item_rows].T)  # (H, K)
+        contrib = mix[0] * w.unsqueeze(-1) * (q @ x[item_rows].T) / w.sum()  # (H, K)
+        if self.cooc is not None:
+            recent = len(history) - min(len(history), self.config.cooc_history)
+            a = torch.tensor(
+                [
+                    h.weight * self.config.cooc_recency ** (len(history) - 1 - j)
+                    if j >= recent
+                    else 0.0
+                    for j, h in enumerate(history)
+                ],
+                device=self.device,
+            )
+            sim = self.cooc.similarity(hist_rows, item_rows)  # (H, K)
+            contrib = contrib + mix[1] * a.unsqueeze(-1) * sim / a.sum().clamp(min=1e-9)
         best = contrib.argmax(dim=0).tolist()
         return [self.items.ids[int(hist_rows[b])] for b in best]
 
