@@ -93,7 +93,7 @@ class FreshrecStream:
     def rank(self, user_id: str, k: int, exclude: Set[str]) -> list[str]:
         want = k
         while True:
-            listed = self.recommender.recommend([user_id], want)[0].items
+            listed = self.recommender.recommend([user_id], want, explain=False)[0].items
             ids = [it.item_id for it in listed if it.item_id not in exclude][:k]
             if len(ids) == k or len(listed) < want:
                 return ids
