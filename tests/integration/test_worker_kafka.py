@@ -236,6 +236,12 @@ def test_brand_new_untouched_item_is_recommended_to_a_textually_close_user(
 
     new = Item("new-1", "Ad Astra: an astronaut travels to Neptune across the solar system")
     _send_items(producer, config, [new])
+    # Topics are not ordered with each other: wait (bounded) until the feed delivered it.
+    deadline = time.monotonic() + 30
+    kw.worker.run(
+        until=lambda: "new-1" in kw.worker.recommender.items or time.monotonic() > deadline
+    )
+    assert "new-1" in kw.worker.recommender.items
     _send_events(producer, config, [Event("u9", "u1", "s4", "click", None, NOW_MS + 200)])
     _run_until_consumed(kw, len(history) + 1)
 
