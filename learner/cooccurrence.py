@@ -84,6 +84,35 @@ class CoOccurrence:
         self._add(history, torch.full_like(history, item), w)
         self._add_row(item, history, w)
 
+    def observe_many(
+        self, items: list[int], item_weights: list[float], histories: list[list[tuple[int, float]]]
+    ) -> None:
+        """A batch of events at once: ``items[e]`` co-occurs with each (row, weight) of
+        ``histories[e]``. Pairs are summed first, then each touched row is updated once, so a
+        batch costs one small update per distinct item rather than several per event.
+        """
+        if not items:
+            return
+        top = max(items + [r for h in histories for r, _ in h])
+        self._ensure_capacity(top + 1)
+        acc: dict[int, dict[int, float]] = {}
+        for item, w_item, history in zip(items, item_weights, histories, strict=True):
+            for row, w_row in history:
+                if row == item:
+                    continue
+                w = w_row * w_item
+                to_item, to_row = acc.setdefault(row, {}), acc.setdefault(item, {})
+                to_item[item] = to_item.get(item, 0.0) + w
+                to_row[row] = to_row.get(row, 0.0) + w
+        mass_rows = torch.tensor(items, dtype=torch.long, device=self.device)
+        self.mass.index_add_(0, mass_rows, torch.tensor(item_weights, device=self.device))
+        for row, cols in acc.items():
+            self._add_row(
+                row,
+                torch.tensor(list(cols), dtype=torch.long, device=self.device),
+                torch.tensor(list(cols.values()), device=self.device),
+            )
+
     def _add_row(self, row: int, cols: Tensor, w: Tensor) -> None:
         """Add ``w`` to the pairs (row, cols[k]) of one row; cols are distinct."""
         idx, weight = self.idx[row], self.weight[row]

@@ -291,19 +291,20 @@ class Recommender:
     def _observe_cooccurrence(
         self, events: Sequence[Event], user_rows: Tensor, items: Tensor, weights: Tensor
     ) -> None:
-        """Pair each event's item with its user's recent items, in event order."""
+        """Pair each event's item with its user's recent items (earlier events of the same
+        batch included), then update the neighbour lists once for the whole batch."""
         assert self.cooc is not None
-        in_batch: dict[int, list[tuple[int, float]]] = {}
-        for u, i, w in zip(user_rows.tolist(), items.tolist(), weights.tolist(), strict=True):
-            recent = [(h.item_row, h.weight) for h in self.users.history_of_row(u)]
-            recent = (recent + in_batch.get(u, []))[-self.config.cooc_history :]
-            self.cooc.observe(
-                item=i,
-                item_weight=w,
-                history=torch.tensor([r for r, _ in recent], dtype=torch.long, device=self.device),
-                history_weights=torch.tensor([x for _, x in recent], device=self.device),
-            )
-            in_batch.setdefault(u, []).append((i, w))
+        n_recent = self.config.cooc_history
+        recent: dict[int, list[tuple[int, float]]] = {}
+        histories: list[list[tuple[int, float]]] = []
+        item_list, weight_list = items.tolist(), weights.tolist()
+        for u, i, w in zip(user_rows.tolist(), item_list, weight_list, strict=True):
+            if u not in recent:
+                tail = list(self.users.history_of_row(u))[-n_recent:]
+                recent[u] = [(h.item_row, h.weight) for h in tail]
+            histories.append(recent[u][-n_recent:])
+            recent[u] = [*recent[u][-n_recent + 1 :], (i, w)]
+        self.cooc.observe_many(item_list, weight_list, histories)
 
     def _signals(self, user_rows: Sequence[int | None]) -> list[Tensor]:
         """The non-bilinear signals, each broadcastable to ``(users, num_rows)``, in [0, 1]."""
