@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from consumer.source import Record
-from serving.exceptions import PublishError
+from serving.publisher import flush_sends
 
 __all__ = ["ERROR_HEADER", "DeadLetterQueue", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
 
@@ -68,12 +68,4 @@ class KafkaDeadLetterQueue:
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except Exception as err:
-            raise PublishError(f"flush of {len(pending)} dead letters failed: {err}") from err
-        failed = [f for f in pending if f.failed() or not f.is_done]
-        if failed:
-            raise PublishError(f"{len(failed)} of {len(pending)} dead letters were not delivered")
+        flush_sends(self.producer, pending, self.flush_timeout_s, "dead letters")

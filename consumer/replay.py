@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from tqdm import tqdm
 
 from consumer.codec import encode_event, encode_item
 from learner.types import Event, Item
+from serving.publisher import flush_sends
 
 __all__ = ["Pacer", "load_dataset", "replay"]
 
@@ -55,7 +57,7 @@ def load_dataset(
 
 
 def _send_all(
-    producer: object,
+    producer: Any,
     topic: str,
     pairs: Sequence[tuple[bytes, bytes]],
     *,
@@ -64,26 +66,18 @@ def _send_all(
     label: str,
 ) -> None:
     pacer = Pacer(rate)
-    futures = []
+    futures: list[Any] = []
     with tqdm(
         total=len(pairs), desc=label, unit="msg", disable=not progress, mininterval=0.5
     ) as bar:
         for i, (key, value) in enumerate(pairs):
             pacer.wait(i)
-            futures.append(producer.send(topic, key=key, value=value))  # type: ignore[attr-defined]
+            futures.append(producer.send(topic, key=key, value=value))
             if len(futures) >= 10_000:
-                producer.flush()  # type: ignore[attr-defined]
-                _check(futures)
+                flush_sends(producer, futures, 60.0, f"{label} records")
                 futures = []
             bar.update(1)
-        producer.flush()  # type: ignore[attr-defined]
-        _check(futures)
-
-
-def _check(futures: Sequence[object]) -> None:
-    failed = [f for f in futures if f.failed()]  # type: ignore[attr-defined]
-    if failed:
-        raise RuntimeError(f"{len(failed)} sends failed: {failed[0].exception}")  # type: ignore[attr-defined]
+        flush_sends(producer, futures, 60.0, f"{label} records")
 
 
 def replay(

@@ -15,7 +15,15 @@ from typing import Any, Protocol
 
 from consumer.exceptions import SourceError
 
-__all__ = ["InMemorySource", "ItemFeed", "KafkaSource", "Record", "Source", "TopicPartitionKey"]
+__all__ = [
+    "InMemorySource",
+    "ItemFeed",
+    "KafkaSource",
+    "Record",
+    "Source",
+    "TopicPartitionKey",
+    "assign_whole_topic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -191,24 +199,36 @@ class KafkaSource:
         self.consumer.close(autocommit=False)
 
 
+def assign_whole_topic(
+    consumer: Any, topic: str, *, from_beginning: bool = True, timeout_s: float = 30.0
+) -> list[Any]:
+    """Assign every partition of ``topic`` to a group-less consumer and seek to its beginning
+    (or end), waiting up to ``timeout_s`` for the topic's metadata; returns the partitions."""
+    from kafka.structs import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    deadline = time.monotonic() + timeout_s
+    while not partitions and time.monotonic() < deadline:
+        time.sleep(0.2)
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise SourceError(f"topic {topic!r} does not exist")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+    return tps
+
+
 class ItemFeed:
     """The compacted items topic, every partition, from the beginning, no group, no commits."""
 
     def __init__(self, consumer: Any, topic: str) -> None:
-        from kafka.structs import TopicPartition
-
         self.consumer = consumer
         self.topic = topic
-        partitions = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 30
-        while not partitions and time.monotonic() < deadline:
-            time.sleep(0.2)
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise SourceError(f"items topic {topic!r} does not exist")
-        self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(self.partitions)
-        consumer.seek_to_beginning(*self.partitions)
+        self.partitions = assign_whole_topic(consumer, topic)
 
     def read_to_end(self, max_records: int = 5000) -> Iterable[list[Record]]:
         """Batches of records until every partition reached the end it had when called."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from consumer.codec import decode_item
 from consumer.exceptions import DecodeError
+from consumer.source import ItemFeed, assign_whole_topic
 from learner.types import Item
 from serving.codec import decode_recommendation
 
@@ -32,31 +33,17 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def _consumer(bootstrap: str, topic: str, *, from_beginning: bool) -> Any:
-    from kafka import KafkaConsumer, TopicPartition
+def _consumer(bootstrap: str) -> Any:
+    from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
-    parts = consumer.partitions_for_topic(topic) or set()
-    deadline = time.monotonic() + 30
-    while not parts and time.monotonic() < deadline:
-        time.sleep(0.5)
-        parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    if from_beginning:
-        consumer.seek_to_beginning(*tps)
-    else:
-        consumer.seek_to_end(*tps)
-    return consumer
+    return KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
 
 
 def _titles(bootstrap: str, topic: str) -> dict[str, str]:
-    consumer = _consumer(bootstrap, topic, from_beginning=True)
-    end = consumer.end_offsets(list(consumer.assignment()))
+    feed = ItemFeed(_consumer(bootstrap), topic)
     titles: dict[str, str] = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(consumer.position(tp) < o for tp, o in end.items()):
-        for records in consumer.poll(timeout_ms=500).values():
+    try:
+        for records in feed.read_to_end():
             for r in records:
                 try:
                     item = decode_item(r.key, r.value)
@@ -64,7 +51,8 @@ def _titles(bootstrap: str, topic: str) -> dict[str, str]:
                     continue
                 if isinstance(item, Item):
                     titles[item.item_id] = item.title
-    consumer.close()
+    finally:
+        feed.close()
     return titles
 
 
@@ -79,7 +67,8 @@ def watch(
 ) -> int:
     """Follow the output topic until ``duration_s`` passes (0: until Ctrl-C)."""
     titles = _titles(bootstrap_servers, f"{topic_prefix}items")
-    consumer = _consumer(bootstrap_servers, f"{topic_prefix}recommendations", from_beginning=False)
+    consumer = _consumer(bootstrap_servers)
+    assign_whole_topic(consumer, f"{topic_prefix}recommendations", from_beginning=False)
     latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
     received = 0
     start = last_draw = time.monotonic()

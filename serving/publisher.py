@@ -9,7 +9,22 @@ from learner.types import UserRecommendation
 from serving.codec import encode_recommendation
 from serving.exceptions import PublishError
 
-__all__ = ["InMemoryPublisher", "KafkaPublisher", "Publisher"]
+__all__ = ["InMemoryPublisher", "KafkaPublisher", "Publisher", "flush_sends"]
+
+
+def flush_sends(producer: Any, pending: Sequence[Any], timeout_s: float, what: str) -> None:
+    """Flush ``producer`` and raise :class:`PublishError` unless every send in ``pending``
+    (kafka-python futures) was delivered. ``what`` names the records in the message."""
+    if not pending:
+        return
+    try:
+        producer.flush(timeout=timeout_s)
+    except Exception as err:  # kafka-python raises KafkaTimeoutError and others
+        raise PublishError(f"flush of {len(pending)} {what} failed: {err}") from err
+    failed = [f for f in pending if f.failed() or not f.is_done]
+    if failed:
+        first = failed[0].exception if failed[0].is_done else "not delivered in time"
+        raise PublishError(f"{len(failed)} of {len(pending)} {what} failed: {first}")
 
 
 class Publisher(Protocol):
@@ -65,11 +80,4 @@ class KafkaPublisher:
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except Exception as err:  # kafka-python raises KafkaTimeoutError and others
-            raise PublishError(f"flush of {len(pending)} recommendations failed: {err}") from err
-        failed = [f for f in pending if f.failed() or not f.is_done]
-        if failed:
-            first = failed[0].exception if failed[0].is_done else "not delivered in time"
-            raise PublishError(f"{len(failed)} of {len(pending)} recommendations failed: {first}")
+        flush_sends(self.producer, pending, self.flush_timeout_s, "recommendations")
