@@ -201,7 +201,7 @@ class Recommender:
                 loss, pairs = self._train_step()
         if self.cooc is not None:
             self._observe_cooccurrence(known, user_rows, items, weights)
-        x = self.head.item_vectors(self.items.embeddings, self.items.num_rows)[items]
+        x = self.items.embeddings[items] + self.head.delta[items]  # e_v + δ_v of these rows
         self.users.fold(user_rows, items, x, weights, ts)
         self.trending.observe(items, weights, ts)
         return LearnReport(len(known), pairs, loss, tuple(unknown))

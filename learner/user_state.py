@@ -153,19 +153,21 @@ class UserStateStore:
         if user_rows.numel() == 0:
             return
         ts_ms = ts_ms.to(self.device, torch.int64)
-        newest = self.last_ts_ms.clone()
-        newest.scatter_reduce_(0, user_rows, ts_ms, reduce="amax")
-        touched = torch.unique(user_rows)
+        # Work on the touched users only: the batch costs O(batch), not O(all users).
+        touched, inverse = torch.unique(user_rows, return_inverse=True)
+        previous = self.last_ts_ms[touched]
+        newest = previous.clone()
+        newest.scatter_reduce_(0, inverse, ts_ms, reduce="amax")
         had_events = self.counts[touched] > 0
-        dt_old = (newest[touched] - self.last_ts_ms[touched]).double() / 1000.0
+        dt_old = (newest - previous).double() / 1000.0
         factor = torch.where(
             had_events, torch.exp2(-dt_old / self.half_life_s), torch.zeros_like(dt_old)
         )
         self.vectors[touched] *= factor.to(self.vectors.dtype).unsqueeze(-1)
-        dt_new = (newest[user_rows] - ts_ms).double() / 1000.0
+        dt_new = (newest[inverse] - ts_ms).double() / 1000.0
         w = decay(weights.double().to(self.device), dt_new, self.half_life_s)
         self.vectors.index_add_(0, user_rows, item_vectors * w.to(self.vectors.dtype).unsqueeze(-1))
-        self.last_ts_ms[touched] = newest[touched]
+        self.last_ts_ms[touched] = newest
         self.counts.index_add_(0, user_rows, torch.ones_like(user_rows))
         for u, i, wt, t in zip(
             user_rows.tolist(), item_rows.tolist(), weights.tolist(), ts_ms.tolist(), strict=True
