@@ -13,6 +13,7 @@ from learner.evaluate import evaluate_stream
 from learner.recommender import ModelConfig
 from learner.types import Event, Item
 from learner.zoo import MODEL_NAMES, FreshrecStream, RandomEncoder, model_specs
+from tests.unit.test_evaluate import ROW_KEYS
 
 ITEMS = [Item(f"i{n}", f"Item {n}") for n in range(12)]
 
@@ -81,21 +82,7 @@ def test_freshrec_evaluate_on_a_slice_of_ml100k_writes_table_json_and_plot(
     assert {r["model"] for r in rows} == {"popularity", "itemknn_recent", "freshrec"}
     assert {r["split"] for r in rows} == {"tune", "test"}
     assert {r["slice"] for r in rows} == {"all", "cold_users", "cold_items", "warm"}
-    keys = {
-        "model",
-        "split",
-        "slice",
-        "hr@10",
-        "ndcg@10",
-        "mrr@10",
-        "precision@10",
-        "recall@10",
-        "f1@10",
-        "coverage@10",
-        "events",
-        "events_per_s",
-    }
-    assert all(set(r) == keys for r in rows)
+    assert all(set(r) == ROW_KEYS for r in rows)
     test_all = [r for r in rows if r["split"] == "test" and r["slice"] == "all"]
     assert all(r["events"] == 1200 for r in test_all)
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ndcg@10"] <= r["hr@10"] for r in test_all)
