@@ -4,7 +4,8 @@ When a user touches item ``i``, ``i`` co-occurs with each item ``j`` of that use
 history (weighted by both events' weights). Each item keeps at most ``M`` neighbours in two
 ``(items, M)`` tensors; when a row is full, a new neighbour takes the weakest slot with that
 slot's weight plus its own (the space-saving sketch), so frequent pairs are never lost and memory
-is ``O(items x M)`` however many pairs there are. Similarity is cosine over co-occurrence:
+is ``O(items x M)`` however many pairs there are. Each row's neighbours are kept sorted by
+item row (empty slots, ``-1``, first), so looking a pair up is a binary search. Similarity is cosine over co-occurrence:
 ``C_ij / sqrt(n_i n_j)`` with ``n`` the item's total event weight.
 """
 
@@ -53,20 +54,6 @@ class CoOccurrence:
         mass[:cap] = self.mass
         self.idx, self.weight, self.mass = idx, weight, mass
 
-    def _add(self, rows: Tensor, cols: Tensor, w: Tensor) -> None:
-        """Add weight ``w[k]`` to the pair (rows[k], cols[k]); rows must be distinct."""
-        idx = self.idx[rows]  # (R, M)
-        match = idx == cols.unsqueeze(-1)
-        found = match.any(dim=-1)
-        slot = torch.where(
-            found,
-            match.float().argmax(dim=-1),
-            # not present: an empty slot (weight 0) or else the weakest one
-            self.weight[rows].argmin(dim=-1),
-        )
-        self.idx[rows, slot] = cols
-        self.weight[rows, slot] += w
-
     def observe(
         self, *, item: int, item_weight: float, history: Tensor, history_weights: Tensor
     ) -> None:
@@ -81,8 +68,8 @@ class CoOccurrence:
         history, inverse = torch.unique(history, return_inverse=True)
         w = torch.zeros(history.shape[0], device=self.device)
         w.index_add_(0, inverse, history_weights.to(w.dtype) * item_weight)
-        self._add(history, torch.full_like(history, item), w)
-        self._add_row(item, history, w)
+        item_row = torch.full_like(history, item)
+        self._add_pairs(torch.cat([history, item_row]), torch.cat([item_row, history]), w.repeat(2))
 
     def observe_many(
         self, items: list[int], item_weights: list[float], histories: list[list[tuple[int, float]]]
@@ -106,30 +93,73 @@ class CoOccurrence:
                 to_row[row] = to_row.get(row, 0.0) + w
         mass_rows = torch.tensor(items, dtype=torch.long, device=self.device)
         self.mass.index_add_(0, mass_rows, torch.tensor(item_weights, device=self.device))
-        for row, cols in acc.items():
-            self._add_row(
-                row,
-                torch.tensor(list(cols), dtype=torch.long, device=self.device),
-                torch.tensor(list(cols.values()), device=self.device),
+        if acc:
+            rows = [r for r, cols in acc.items() for _ in cols]
+            cols = [c for c_w in acc.values() for c in c_w]
+            ws = [w for c_w in acc.values() for w in c_w.values()]
+            dev = self.device
+            self._add_pairs(
+                torch.tensor(rows, dtype=torch.long, device=dev),
+                torch.tensor(cols, dtype=torch.long, device=dev),
+                torch.tensor(ws, device=dev),
             )
 
-    def _add_row(self, row: int, cols: Tensor, w: Tensor) -> None:
-        """Add ``w`` to the pairs (row, cols[k]) of one row; cols are distinct."""
-        idx, weight = self.idx[row], self.weight[row]
-        match = idx.unsqueeze(0) == cols.unsqueeze(-1)  # (C, M)
-        found = match.any(dim=-1)
-        found_slots = match.float().argmax(dim=-1)[found]
-        weight[found_slots] += w[found]
-        new_cols, new_w = cols[~found], w[~found]
-        if new_cols.numel():
-            protected = torch.zeros(self.m, dtype=torch.bool, device=self.device)
-            protected[found_slots] = True
-            free = weight.masked_fill(protected, float("inf"))
-            n = min(int(new_cols.numel()), self.m - int(found_slots.numel()))
-            heaviest = torch.argsort(new_w, descending=True)[:n]
-            slots = torch.argsort(free)[:n]  # the weakest slots (empty ones first)
-            idx[slots] = new_cols[heaviest]
-            weight[slots] += new_w[heaviest]
+    def _add_pairs(self, rows: Tensor, cols: Tensor, w: Tensor) -> None:
+        """Add ``w[p]`` to each pair (rows[p], cols[p]) (pairs distinct), all rows at once.
+
+        A pair already listed adds to its slot. The new pairs of a row, heaviest first, take
+        that row's weakest slots (empty ones first) that no listed pair of this batch uses,
+        adding to the weight there: the space-saving sketch, as one row at a time would.
+
+        Each row's neighbours are kept sorted by item row (empty slots first), so finding the
+        listed pairs is one binary search over the touched rows, not a scan of every slot.
+        """
+        m, dev = self.m, self.device
+        urows, inv = torch.unique(rows, return_inverse=True)
+        listed = self.idx[urows]  # (U, M), ascending (empty slots, -1, first)
+        span = max(self.idx.shape[0], int(cols.max()) + 1) + 1
+        keys = listed + (torch.arange(urows.numel(), device=dev) * span).unsqueeze(-1)
+        flat = keys.reshape(-1)
+        query = inv * span + cols
+        at = torch.searchsorted(flat, query).clamp(max=flat.numel() - 1)
+        found = flat[at] == query
+        slot = at - inv * m
+        self.weight.index_put_((rows[found], slot[found]), w[found], accumulate=True)
+        new = ~found
+        if not bool(new.any()):
+            return
+        inv_new, c_new, w_new = inv[new], cols[new], w[new]
+        free = self.weight[urows]  # (U, M), a copy
+        free[inv[found], slot[found]] = float("inf")  # slots listed pairs of this batch use
+        protected = torch.bincount(inv[found], minlength=urows.numel())
+        # Rank each new pair within its row, heaviest first.
+        by_weight = torch.argsort(w_new, descending=True, stable=True)
+        order = by_weight[torch.argsort(inv_new[by_weight], stable=True)]
+        inv_sorted = inv_new[order]
+        counts = torch.bincount(inv_sorted, minlength=urows.numel())
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(order.numel(), device=dev) - starts[inv_sorted]
+        keep = rank < (m - protected)[inv_sorted]
+        order, inv_sorted, rank = order[keep], inv_sorted[keep], rank[keep]
+        if order.numel() == 0:
+            return
+        changed = torch.unique(inv_sorted)
+        sub = torch.zeros(urows.numel(), dtype=torch.long, device=dev)
+        sub[changed] = torch.arange(changed.numel(), device=dev)
+        need = min(int(rank.max()) + 1, m)
+        weakest = torch.topk(free[changed], need, dim=-1, largest=False, sorted=True).indices
+        slots = weakest[sub[inv_sorted], rank]
+        target = urows[inv_sorted]
+        self.idx[target, slots] = c_new[order]
+        self.weight[target, slots] += w_new[order]
+        self._sort_rows(urows[changed])
+
+    def _sort_rows(self, rows: Tensor) -> None:
+        """Re-sort ``rows``' neighbours by item row (empty slots, -1, first), weights alongside."""
+        idx = self.idx[rows]
+        order = torch.argsort(idx, dim=-1)
+        self.idx[rows] = idx.gather(1, order)
+        self.weight[rows] = self.weight[rows].gather(1, order)
 
     def scores(self, history: Tensor, history_weights: Tensor, num_rows: int) -> Tensor:
         """``Σ_j a_j sim(j, v) / Σ_j a_j`` for every item row ``v`` (history items ``j``)."""
@@ -145,6 +175,73 @@ class CoOccurrence:
         contrib = sim * history_weights.unsqueeze(-1)
         out.index_add_(0, safe.reshape(-1), contrib.reshape(-1))
         return out / history_weights.sum().clamp(min=1e-9)
+
+    def scores_many(self, history: Tensor, history_weights: Tensor, num_rows: int) -> Tensor:
+        """:meth:`scores` for a batch of users at once: ``history`` is ``(B, H)`` item rows
+        padded with ``-1`` (weight 0), the result ``(B, num_rows)``.
+
+        Examples
+        --------
+        >>> co = CoOccurrence(max_neighbours=4)
+        >>> co.observe(item=0, item_weight=1.0, history=torch.tensor([], dtype=torch.long),
+        ...            history_weights=torch.ones(0))
+        >>> co.observe(item=1, item_weight=1.0, history=torch.tensor([0]),
+        ...            history_weights=torch.ones(1))
+        >>> co.scores_many(torch.tensor([[-1, 0], [-1, -1]]), torch.tensor([[0.0, 1.0],
+        ...                [0.0, 0.0]]), num_rows=3).tolist()
+        [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+        """
+        self._ensure_capacity(num_rows)
+        b = history.shape[0]
+        out = torch.zeros(b * num_rows, device=self.device)
+        if history.numel() == 0:
+            return out.view(b, num_rows)
+        present = history >= 0
+        a = history_weights * present
+        flat = present.reshape(-1).nonzero().squeeze(-1)  # only real history entries
+        rows = history.reshape(-1)[flat]
+        user = flat // history.shape[1]
+        # sim(j, v) = C_jv / sqrt(n_j n_v): scale by 1/sqrt(n_j) per entry, by 1/sqrt(n_v) after.
+        scale = a.reshape(-1)[flat] / self.mass[rows].sqrt().clamp(min=1e-9)
+        nbr = self.idx[rows]  # (P, M); empty slots are -1 with weight 0
+        target = nbr.clamp(min=0) + (user * num_rows).unsqueeze(-1)
+        out.index_add_(0, target.reshape(-1), (self.weight[rows] * scale.unsqueeze(-1)).reshape(-1))
+        inv_norm = 1.0 / self.mass[:num_rows].sqrt().clamp(min=1e-9)
+        out = out.view(b, num_rows) * torch.where(self.mass[:num_rows] > 0, inv_norm, 0.0)
+        return out / a.sum(dim=1, keepdim=True).clamp(min=1e-9)
+
+    def similarity_many(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """``sim(rows[b, h], cols[b, k])`` as a ``(B, H, K)`` tensor for a batch: each user's
+        history rows (``-1`` padded, giving 0) against that user's own candidate columns.
+
+        One binary search per (history row, column) in the row's sorted neighbour list.
+
+        Examples
+        --------
+        >>> co = CoOccurrence(max_neighbours=4)
+        >>> co.observe(item=0, item_weight=1.0, history=torch.tensor([], dtype=torch.long),
+        ...            history_weights=torch.ones(0))
+        >>> co.observe(item=1, item_weight=1.0, history=torch.tensor([0]),
+        ...            history_weights=torch.ones(1))
+        >>> co.similarity_many(torch.tensor([[-1, 0]]), torch.tensor([[1, 2]])).tolist()
+        [[[0.0, 0.0], [1.0, 0.0]]]
+        """
+        b, h = rows.shape
+        k = cols.shape[1]
+        if rows.numel() == 0 or k == 0:
+            return torch.zeros((b, h, k), device=self.device)
+        self._ensure_capacity(int(max(rows.max(), cols.max())) + 1)
+        out = torch.zeros(b * h, k, device=self.device)
+        flat = (rows >= 0).reshape(-1).nonzero().squeeze(-1)  # only real history entries
+        r = rows.reshape(-1)[flat]
+        seq = self.idx[r]  # (P, M), ascending (empty slots, -1, first)
+        query = cols[flat // h]  # (P, K): each entry's user's columns
+        at = torch.searchsorted(seq, query).clamp(max=self.m - 1)
+        found = seq.gather(1, at) == query
+        weight = self.weight.view(-1)[r.unsqueeze(-1) * self.m + at] * found
+        norm = torch.sqrt(self.mass[r].unsqueeze(-1) * self.mass[query]).clamp(min=1e-9)
+        out[flat] = weight / norm
+        return out.view(b, h, k)
 
     def similarity(self, rows: Tensor, cols: Tensor) -> Tensor:
         """``sim(rows[a], cols[b])`` as an ``(len(rows), len(cols))`` matrix (0 if unknown).

@@ -7,14 +7,19 @@ vector. A whole micro-batch folds in with one ``index_add_``.
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["EventWeights", "HistoryEntry", "UserStateStore", "decay"]
+
+# History times are kept as int32 seconds since 2000-01-01 (good from 1932 to 2068).
+_EPOCH_S = 946_684_800
 
 
 def decay(weight: Tensor, dt_s: Tensor, half_life_s: float) -> Tensor:
@@ -67,7 +72,14 @@ class HistoryEntry:
 
 
 class UserStateStore:
-    """All users' vectors in one growable tensor, plus histories and consumed sets.
+    """All users' state in flat arrays: vectors, newest times, counts and history rings.
+
+    Per user: the decayed vector (``dim`` floats), the newest event time and the event count
+    in tensors, and the last ``history_len`` interactions in a ring of fixed-size numpy rows
+    (item row int32, weight float32, time in seconds int32: 12 bytes an entry). Items that fall
+    out of the ring are still "consumed" (never recommended again): they spill into a compact
+    int32 array for that user only, bounded by ``max_consumed``. There are no per-event Python
+    objects, so state costs the same bytes per user however long the worker runs.
 
     Examples
     --------
@@ -81,6 +93,9 @@ class UserStateStore:
     tensor([[0.5000, 1.0000]])
     >>> store.event_count("u1"), sorted(store.consumed("u1"))
     (2, [0, 1])
+    >>> items, weights = store.recent(rows, 3)
+    >>> items.tolist(), weights.tolist()
+    ([[-1, 0, 1]], [[0.0, 1.0, 1.0]])
     """
 
     def __init__(
@@ -91,17 +106,26 @@ class UserStateStore:
         history_len: int = 50,
         device: torch.device | str = "cpu",
         capacity: int = 1024,
+        max_consumed: int = 10_000,
     ) -> None:
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len}")
         self.dim = dim
         self.half_life_s = half_life_s
         self.history_len = history_len
+        self.max_consumed = max_consumed
         self.device = torch.device(device)
         self.vectors = torch.zeros((capacity, dim), device=self.device)
         self.last_ts_ms = torch.zeros(capacity, dtype=torch.int64, device=self.device)
         self.counts = torch.zeros(capacity, dtype=torch.int64, device=self.device)
         self._rows: dict[str, int] = {}
-        self._histories: list[deque[HistoryEntry]] = []
-        self._consumed: list[set[int]] = []
+        # History rings: entry c of a user (its c-th event, from 0) sits in slot c % history_len.
+        self._ring_items = np.full((capacity, history_len), -1, dtype=np.int32)
+        self._ring_weights = np.zeros((capacity, history_len), dtype=np.float32)
+        self._ring_ts_s = np.zeros((capacity, history_len), dtype=np.int32)
+        self._ring_counts = np.zeros(capacity, dtype=np.int64)
+        # Consumed items that left the ring, per user (only users with more events than the ring).
+        self._spilled: dict[int, array[int]] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -121,8 +145,6 @@ class UserStateStore:
                 row = len(self._rows)
                 self._ensure_capacity(row + 1)
                 self._rows[uid] = row
-                self._histories.append(deque(maxlen=self.history_len))
-                self._consumed.append(set())
             out.append(row)
         return torch.tensor(out, dtype=torch.long, device=self.device)
 
@@ -134,6 +156,10 @@ class UserStateStore:
         self.vectors = _grow(self.vectors, new_cap)
         self.last_ts_ms = _grow(self.last_ts_ms, new_cap)
         self.counts = _grow(self.counts, new_cap)
+        self._ring_items = _grow_np(self._ring_items, new_cap, -1)
+        self._ring_weights = _grow_np(self._ring_weights, new_cap, 0)
+        self._ring_ts_s = _grow_np(self._ring_ts_s, new_cap, 0)
+        self._ring_counts = _grow_np(self._ring_counts, new_cap, 0)
 
     def fold(
         self,
@@ -169,11 +195,94 @@ class UserStateStore:
         self.vectors.index_add_(0, user_rows, item_vectors * w.to(self.vectors.dtype).unsqueeze(-1))
         self.last_ts_ms[touched] = newest
         self.counts.index_add_(0, user_rows, torch.ones_like(user_rows))
-        for u, i, wt, t in zip(
-            user_rows.tolist(), item_rows.tolist(), weights.tolist(), ts_ms.tolist(), strict=True
-        ):
-            self._histories[u].append(HistoryEntry(i, float(wt), int(t)))
-            self._consumed[u].add(i)
+        self._append(user_rows.tolist(), item_rows.tolist(), weights.tolist(), ts_ms.tolist())
+
+    def _append(
+        self, users: list[int], items: list[int], weights: list[float], ts_ms: list[int]
+    ) -> None:
+        """Write events into the history rings in order, spilling what they push out."""
+        h = self.history_len
+        ring_items, ring_counts = self._ring_items, self._ring_counts
+        for u, i, wt, t in zip(users, items, weights, ts_ms, strict=True):
+            c = int(ring_counts[u])
+            slot = c % h
+            if c >= h:
+                self._spill(u, int(ring_items[u, slot]))
+            ring_items[u, slot] = i
+            self._ring_weights[u, slot] = wt
+            self._ring_ts_s[u, slot] = t // 1000 - _EPOCH_S
+            ring_counts[u] = c + 1
+
+    def _spill(self, row: int, item: int) -> None:
+        spilled = self._spilled.get(row)
+        if spilled is None:
+            spilled = self._spilled[row] = array("i")
+        spilled.append(item)
+        if len(spilled) > 64 and len(spilled) & (len(spilled) - 1) == 0:  # at powers of two
+            kept = list(dict.fromkeys(reversed(spilled)))[: self.max_consumed]  # newest first
+            self._spilled[row] = array("i", reversed(kept))
+
+    def _ring_order(self, row: int) -> np.ndarray:
+        """Slots of ``row``'s ring from oldest to newest entry."""
+        c, h = int(self._ring_counts[row]), self.history_len
+        if c <= h:
+            return np.arange(c)
+        return (np.arange(h) + c) % h
+
+    @overload
+    def recent(
+        self, rows: Tensor, n: int, *, with_times: Literal[False] = False
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def recent(
+        self, rows: Tensor, n: int, *, with_times: Literal[True]
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def recent(
+        self, rows: Tensor, n: int, *, with_times: bool = False
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        """The last ``n`` (at most ``history_len``) items of each row, oldest to newest and
+        right-aligned: ``(items, weights)`` of shape ``(len(rows), n)``, padded with item
+        ``-1`` and weight 0 on the left where a user has fewer events; with ``with_times``
+        also each entry's time in ms (whole seconds)."""
+        n = min(n, self.history_len)
+        r = rows.cpu().numpy()
+        c = self._ring_counts[r]  # (B,)
+        k = np.arange(n) - n  # -n .. -1: offsets from the newest entry
+        pos = c[:, None] + k[None, :]  # (B, n) entry numbers
+        valid = pos >= 0
+        slot = np.where(valid, pos, 0) % self.history_len
+        items = np.where(valid, self._ring_items[r[:, None], slot], -1)
+        weights = np.where(valid, self._ring_weights[r[:, None], slot], 0.0)
+        out_items = torch.from_numpy(items.astype(np.int64)).to(self.device)
+        out_weights = torch.from_numpy(weights.astype(np.float32)).to(self.device)
+        if not with_times:
+            return out_items, out_weights
+        ts_s = np.where(valid, self._ring_ts_s[r[:, None], slot].astype(np.int64) + _EPOCH_S, 0)
+        return out_items, out_weights, torch.from_numpy(ts_s * 1000).to(self.device)
+
+    def exclusions(self, rows: Sequence[int | None]) -> tuple[Tensor, Tensor]:
+        """Every consumed item of each row as ``(position in rows, item row)`` pairs, ready
+        for one ``scores[pos, item] = -inf`` (``None`` rows have none)."""
+        known = [(p, r) for p, r in enumerate(rows) if r is not None]
+        if not known:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return empty, empty
+        pos = np.array([p for p, _ in known], dtype=np.int64)
+        r = np.array([r for _, r in known], dtype=np.int64)
+        ring = self._ring_items[r]  # (B, H); -1 where unused
+        b_idx, col = np.nonzero(ring >= 0)
+        pos_parts, item_parts = [pos[b_idx]], [ring[b_idx, col].astype(np.int64)]
+        for p, row in known:
+            spilled = self._spilled.get(row)
+            if spilled:
+                item_parts.append(np.frombuffer(spilled, dtype=np.int32).astype(np.int64))
+                pos_parts.append(np.full(len(spilled), p, dtype=np.int64))
+        return (
+            torch.from_numpy(np.concatenate(pos_parts)).to(self.device),
+            torch.from_numpy(np.concatenate(item_parts)).to(self.device),
+        )
 
     def event_count(self, user_id: str) -> int:
         row = self._rows.get(user_id)
@@ -181,20 +290,55 @@ class UserStateStore:
 
     def history(self, user_id: str) -> Sequence[HistoryEntry]:
         row = self._rows.get(user_id)
-        return () if row is None else tuple(self._histories[row])
+        return () if row is None else self.history_of_row(row)
 
     def history_of_row(self, row: int) -> Sequence[HistoryEntry]:
-        return self._histories[row]
+        """The row's remembered interactions, oldest first."""
+        return tuple(
+            HistoryEntry(
+                int(self._ring_items[row, s]),
+                float(self._ring_weights[row, s]),
+                (int(self._ring_ts_s[row, s]) + _EPOCH_S) * 1000,
+            )
+            for s in self._ring_order(row)
+        )
 
     def consumed_of_row(self, row: int) -> set[int]:
-        return self._consumed[row]
+        ring = self._ring_items[row]
+        out = {int(i) for i in ring[ring >= 0]}
+        out.update(self._spilled.get(row, ()))
+        return out
 
     def consumed(self, user_id: str) -> set[int]:
         row = self._rows.get(user_id)
-        return set() if row is None else self._consumed[row]
+        return set() if row is None else self.consumed_of_row(row)
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes held per part of the state (for ``bench/memory.py`` and the docs).
+
+        ``vectors`` is the embedding itself; the rest is what a user costs beyond it.
+        """
+        n = max(1, len(self._rows))
+        per_row = self.vectors.shape[0]  # capacity rows are allocated, used or not
+        ring = self._ring_items.nbytes + self._ring_weights.nbytes + self._ring_ts_s.nbytes
+        return {
+            "users": len(self._rows),
+            "capacity": per_row,
+            "vectors": self.vectors.element_size() * self.vectors.nelement(),
+            "times_counts": 8 * per_row * 3,
+            "history_rings": ring,
+            "spilled": sum(4 * len(a) + 64 for a in self._spilled.values()),
+            "per_user_estimate": (ring + 8 * per_row * 3) // n,
+        }
 
 
 def _grow(t: Tensor, n: int) -> Tensor:
     out = torch.zeros((n, *t.shape[1:]), dtype=t.dtype, device=t.device)
     out[: t.shape[0]] = t
+    return out
+
+
+def _grow_np(a: np.ndarray, n: int, fill: int) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[: a.shape[0]] = a
     return out

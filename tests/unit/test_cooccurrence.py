@@ -41,3 +41,68 @@ def test_full_rows_keep_their_heaviest_neighbours() -> None:
     co.observe_many([0, 0, 0], [1.0, 1.0, 1.0], [[(1, 5.0)], [(2, 1.0)], [(3, 9.0)]])
     assert set(co.idx[0].tolist()) == {1, 3}  # the two heaviest of three neighbours
     assert co.similarity(torch.tensor([0]), torch.tensor([3]))[0, 0] > 0
+
+
+def exact_pairs(
+    items: list[int], weights: list[float], histories: list[list[tuple[int, float]]]
+) -> dict[tuple[int, int], float]:
+    """The co-occurrence weights an unbounded table would hold."""
+    pairs: dict[tuple[int, int], float] = {}
+    for item, w, hist in zip(items, weights, histories, strict=True):
+        for row, w_row in hist:
+            if row != item:
+                for key in ((row, item), (item, row)):
+                    pairs[key] = pairs.get(key, 0.0) + w * w_row
+    return pairs
+
+
+def test_rows_with_room_hold_exactly_the_summed_pair_weights() -> None:
+    items, weights, histories = _stream(seed=3)
+    co = CoOccurrence(max_neighbours=32)  # more slots than items: nothing is ever evicted
+    for start in range(0, len(items), 7):  # several batches, pairs repeating across them
+        end = start + 7
+        co.observe_many(items[start:end], weights[start:end], histories[start:end])
+    held = {
+        (row, int(col)): float(w)
+        for row in range(12)
+        for col, w in zip(co.idx[row], co.weight[row], strict=True)
+        if col >= 0
+    }
+    expected = exact_pairs(items, weights, histories)
+    assert held.keys() == expected.keys()
+    assert all(abs(held[key] - expected[key]) < 1e-4 for key in expected)
+
+
+def test_each_rows_neighbours_stay_sorted_with_empty_slots_first() -> None:
+    items, weights, histories = _stream(seed=5)
+    co = CoOccurrence(max_neighbours=8)  # small: rows fill up and evict
+    for start in range(0, len(items), 5):
+        co.observe_many(
+            items[start : start + 5], weights[start : start + 5], histories[start : start + 5]
+        )
+    for row in co.idx[:12]:
+        assert row.tolist() == sorted(row.tolist())
+        listed = row[row >= 0].tolist()
+        assert len(listed) == len(set(listed))
+
+
+def test_batched_scores_and_similarities_equal_the_one_user_versions() -> None:
+    items, weights, histories = _stream(seed=11)
+    co = CoOccurrence(max_neighbours=6)
+    co.observe_many(items, weights, histories)
+    hist = torch.tensor([[-1, -1, 3], [4, 0, 7], [-1, -1, -1]])
+    w = torch.tensor([[0.0, 0.0, 2.0], [1.0, 0.5, 3.0], [0.0, 0.0, 0.0]])
+    batched = co.scores_many(hist, w, num_rows=12)
+    for b in range(3):
+        keep = hist[b] >= 0
+        single = co.scores(hist[b][keep], w[b][keep], num_rows=12)
+        assert torch.allclose(batched[b], single, atol=1e-5)
+    cols = torch.tensor([[0, 5], [1, 2], [3, 3]])
+    sims = co.similarity_many(hist, cols)
+    for b in range(3):
+        for h in range(3):
+            if hist[b, h] >= 0:
+                expected = co.similarity(hist[b, h : h + 1], cols[b])[0]
+                assert torch.allclose(sims[b, h], expected, atol=1e-5)
+            else:
+                assert sims[b, h].abs().sum() == 0

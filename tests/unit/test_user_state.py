@@ -193,3 +193,47 @@ def test_rows_for_creates_each_user_once() -> None:
     assert first == [0, 1, 0]
     assert s.rows_for(["b", "c"]).tolist() == [1, 2]
     assert len(s) == 3
+
+
+# -- flat history rings ------------------------------------------------------------------
+
+
+def test_recent_gives_the_newest_items_oldest_first_and_right_aligned() -> None:
+    s = store(dim=2, history_len=3)
+    for i, item in enumerate([5, 6, 7, 8]):
+        fold_one(s, "long", item, [1.0, 0.0], ts_ms=i * 1000, weight=float(i + 1))
+    fold_one(s, "short", 9, [1.0, 0.0], ts_ms=0, weight=2.0)
+    items, weights, ts = s.recent(s.rows_for(["long", "short"]), 3, with_times=True)
+    assert items.tolist() == [[6, 7, 8], [-1, -1, 9]]
+    assert weights.tolist() == [[2.0, 3.0, 4.0], [0.0, 0.0, 2.0]]
+    assert ts[0].tolist() == [1000, 2000, 3000]
+
+
+def test_exclusions_cover_the_ring_and_the_items_that_left_it() -> None:
+    s = store(dim=2, history_len=2)
+    for item in [3, 1, 3, 4, 0]:
+        fold_one(s, "u1", item, [1.0, 0.0], ts_ms=0)
+    fold_one(s, "u2", 2, [1.0, 0.0], ts_ms=0)
+    who, what = s.exclusions([s.row("u1"), None, s.row("u2")])
+    pairs = set(zip(who.tolist(), what.tolist(), strict=True))
+    assert pairs == {(0, 0), (0, 1), (0, 3), (0, 4), (2, 2)}
+
+
+def test_items_that_left_the_ring_are_bounded_by_max_consumed() -> None:
+    s = store(dim=2, history_len=2, max_consumed=100)
+    for item in range(1000):
+        fold_one(s, "u1", item, [1.0, 0.0], ts_ms=item)
+    consumed = s.consumed("u1")
+    assert {998, 999} <= consumed  # the ring
+    assert set(range(900, 998)) <= consumed  # the newest that left it are kept
+    assert len(consumed) <= 2 + 2 * 100  # bounded (compacted at powers of two)
+
+
+def test_state_bytes_per_user_do_not_grow_with_events_inside_the_ring() -> None:
+    s = store(dim=2, history_len=50)
+    for i in range(5):
+        fold_one(s, f"u{i}", 0, [1.0, 0.0], ts_ms=0)
+    before = s.state_bytes()
+    for t in range(40):
+        fold_batch(s, [(f"u{i}", t, [1.0, 0.0], 1.0, t) for i in range(5)])
+    assert s.state_bytes() == before
