@@ -10,7 +10,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 FRESHREC_CACHE ?= $(HOME)/.cache/freshrec
 DEPS_LIST := $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-	print("\n".join(d["dependencies"] + d["optional-dependencies"]["test"]))'
+	print("\n".join(d["dependencies"] + d["optional-dependencies"]["test"] \
+	+ d["optional-dependencies"]["bench"]))'
 DEPS_HASH := $(shell $(DEPS_LIST) | sha256sum | cut -c1-16)
 DEPS := $(FRESHREC_CACHE)/venv-$(DEPS_HASH)
 VENV := .venv
@@ -58,11 +59,11 @@ test: setup
 	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
 	$(KAFKA) start || exit 1; \
 	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest \
-		tests consumer learner serving; status=$$?; \
+		tests consumer learner serving bench; status=$$?; \
 	$(KAFKA) stop; exit $$status
 
 unit: setup
-	$(VENV)/bin/python -m pytest tests/unit consumer learner serving
+	$(VENV)/bin/python -m pytest tests/unit consumer learner serving bench
 
 integration: setup
 	@export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); $(KAFKA) start || exit 1; \
@@ -70,8 +71,8 @@ integration: setup
 	status=$$?; $(KAFKA) stop; exit $$status
 
 lint: setup
-	$(VENV)/bin/python -m ruff check consumer learner serving tests
-	$(VENV)/bin/python -m ruff format --check consumer learner serving tests
+	$(VENV)/bin/python -m ruff check consumer learner serving tests bench
+	$(VENV)/bin/python -m ruff format --check consumer learner serving tests bench
 	$(VENV)/bin/python -m mypy
 
 clean:

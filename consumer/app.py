@@ -14,6 +14,7 @@ from consumer.dlq import KafkaDeadLetterQueue
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import ensure_topics
 from consumer.worker import Worker
+from learner.ann import set_threads as set_ann_threads
 from learner.encoder import CachedEncoder, TextEncoder
 from learner.head import HeadConfig
 from learner.recommender import ModelConfig, Recommender
@@ -29,15 +30,21 @@ def build_recommender(config: WorkerConfig) -> Recommender:
     """The frozen encoder (with its content-hash cache) and a fresh model."""
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
+        set_ann_threads(config.torch_threads)  # FAISS's OpenMP threads share the same cores
     encoder = TextEncoder(
-        config.encoder_dir or None, device=config.device, batch_size=config.encoder_batch_size
+        config.encoder_dir or None,
+        device=config.device,
+        batch_size=config.encoder_batch_size,
+        quantize=config.encoder_quantize,
     )
     log.info("encoder %s on %s (dim %d)", encoder.name, encoder.device, encoder.dim)
     model = ModelConfig(
         user_half_life_s=config.user_half_life_hours * 3600.0,
         trending_half_life_s=config.trending_half_life_hours * 3600.0,
         history_len=config.history_len,
+        max_consumed=config.max_consumed,
         min_events=config.min_events,
+        ann_min_items=config.ann_min_items,
         head=HeadConfig(
             rank=config.head_rank,
             lr=config.head_lr,
@@ -56,7 +63,11 @@ def kafka_producer(config: WorkerConfig, **overrides: Any) -> Any:
         "bootstrap_servers": config.bootstrap_servers.split(","),
         "client_id": config.client_id,
         "acks": "all",
-        "linger_ms": 5,
+        # The worker flushes at the end of every micro-batch, which sends everything at once:
+        # a long linger only lets a batch's records share requests instead of waking the
+        # sender thread for nearly every record.
+        "linger_ms": 100,
+        "batch_size": 256 * 1024,
         "max_request_size": config.max_event_bytes + (64 << 10),
         "retries": 10,
     }

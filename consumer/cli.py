@@ -255,8 +255,8 @@ def _parser() -> argparse.ArgumentParser:
         help="prequential evaluation of freshrec and baselines on a dataset",
         description="Replay a dataset in timestamp order through each model, test-then-train: "
         "every event is first scored against the user's top-K from the state before it, then "
-        "learned. Hyper-parameters are tuned on the first 20%% of the stream (the same grid "
-        "budget for every model); metrics are reported on the remaining 80%%.",
+        "learned. Hyper-parameters are tuned on the first 20% of the stream (the same grid "
+        "budget for every model); metrics are reported on the remaining 80%.",
     )
     evaluate.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
     evaluate.add_argument(

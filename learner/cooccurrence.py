@@ -5,8 +5,8 @@ history (weighted by both events' weights). Each item keeps at most ``M`` neighb
 ``(items, M)`` tensors; when a row is full, a new neighbour takes the weakest slot with that
 slot's weight plus its own (the space-saving sketch), so frequent pairs are never lost and memory
 is ``O(items x M)`` however many pairs there are. Each row's neighbours are kept sorted by
-item row (empty slots, ``-1``, first), so looking a pair up is a binary search. Similarity is cosine over co-occurrence:
-``C_ij / sqrt(n_i n_j)`` with ``n`` the item's total event weight.
+item row (empty slots, ``-1``, first), so looking a pair up is a binary search. Similarity is
+cosine over co-occurrence: ``C_ij / sqrt(n_i n_j)`` with ``n`` the item's total event weight.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ class ItemTable:
         self.ids: list[str] = []
         self._rows: dict[str, int] = {}
         self.version = 0  # bumped on every change, so callers can cache derived tensors
+        # The version that last changed each row, so derived indexes can refresh only those.
+        self.row_version = torch.zeros(capacity, dtype=torch.int64, device=self.device)
 
     @property
     def num_rows(self) -> int:
@@ -85,19 +87,35 @@ class ItemTable:
             self.embeddings[idx] = embeddings.to(self.device, torch.float32)
             self.active[idx] = True
             self.version += 1
+            self.row_version[idx] = self.version
         return idx
 
     def delete(self, item_ids: Sequence[str]) -> int:
         """Mark items inactive; returns how many live items were removed."""
-        removed = 0
+        removed: list[int] = []
         for item_id in item_ids:
             row = self._rows.get(item_id)
             if row is not None and bool(self.active[row]):
                 self.active[row] = False
-                removed += 1
+                removed.append(row)
         if removed:
             self.version += 1
-        return removed
+            self.row_version[torch.tensor(removed, device=self.device)] = self.version
+        return len(removed)
+
+    def rows_changed_since(self, version: int) -> Tensor:
+        """Rows added, updated or deleted after table version ``version``.
+
+        Examples
+        --------
+        >>> table = ItemTable(dim=2)
+        >>> _ = table.upsert(["a", "b"], torch.eye(2))
+        >>> v = table.version
+        >>> _ = table.upsert(["c"], torch.ones(1, 2)), table.delete(["a"])
+        >>> table.rows_changed_since(v).tolist()
+        [0, 2]
+        """
+        return torch.nonzero(self.row_version[: self.num_rows] > version).squeeze(-1)
 
     def _ensure_capacity(self, n: int) -> None:
         if n <= self.capacity:
@@ -107,4 +125,6 @@ class ItemTable:
         grown[: self.capacity] = self.embeddings
         active = torch.zeros(new_cap, dtype=torch.bool, device=self.device)
         active[: self.capacity] = self.active
-        self.embeddings, self.active = grown, active
+        row_version = torch.zeros(new_cap, dtype=torch.int64, device=self.device)
+        row_version[: self.capacity] = self.row_version
+        self.embeddings, self.active, self.row_version = grown, active, row_version

@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from learner.ann import AnnConfig, CatalogIndex, mips_queries
 from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
@@ -41,6 +43,14 @@ from learner.user_state import EventWeights, UserStateStore
 __all__ = ["Encoder", "LearnReport", "ModelConfig", "Recommender"]
 
 DAY_S = 86_400.0
+# Exact scoring takes users in chunks whose (users, items) score matrix stays under this many
+# floats (128 MB): a million items times 1024 users would otherwise be 4 GB at once.
+_SCORE_ELEMENTS = 1 << 25
+# Users per chunk of approximate scoring (their candidates' vectors are gathered at once).
+_ANN_CHUNK = 128
+# Lowest-scoring candidates fetched for users who blend with trending items: their min-max
+# scaling needs the catalog's lowest personal score.
+_LOW_CANDIDATES = 16
 
 
 class Encoder(Protocol):
@@ -65,6 +75,9 @@ class ModelConfig:
     user_half_life_s: float = 14 * DAY_S
     trending_half_life_s: float = 3 * DAY_S
     history_len: int = 50
+    # Consumed items older than the history ring that are still never recommended again, per
+    # user (4 bytes each): bounds a heavy user's memory.
+    max_consumed: int = 10_000
     min_events: int = 3
     train: bool = True
     # Item-to-item co-occurrence: on/off, neighbours kept per item, history items paired.
@@ -89,6 +102,10 @@ class ModelConfig:
     hard_negative_pool: int = 20
     head: HeadConfig = field(default_factory=HeadConfig)
     weights: EventWeights = field(default_factory=EventWeights)
+    # Rank from approximate candidates (learner/ann.py, re-scored exactly) once the live catalog
+    # has this many items; below it, and with 0, every item is scored.
+    ann_min_items: int = 50_000
+    ann: AnnConfig = field(default_factory=AnnConfig)
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,9 @@ class LearnReport:
 class Recommender:
     """Hybrid content + collaborative recommender updated online, one micro-batch at a time."""
 
+    # The approximate top-K index, built on first use once the catalog is large enough.
+    _ann: CatalogIndex | None = None
+
     def __init__(self, encoder: Encoder, config: ModelConfig | None = None) -> None:
         self.encoder = encoder
         self.config = config or ModelConfig()
@@ -114,6 +134,7 @@ class Recommender:
             dim,
             half_life_s=self.config.user_half_life_s,
             history_len=self.config.history_len,
+            max_consumed=self.config.max_consumed,
             device=self.device,
         )
         init: list[float] = []
@@ -229,10 +250,8 @@ class Recommender:
             )
             n = scores.shape[1]
             scores = scores.masked_fill(~self.items.active[:n].unsqueeze(0), float("-inf"))
-            for i, r in enumerate(user_rows.tolist()):
-                consumed = self.users.consumed_of_row(r)
-                if consumed:
-                    scores[i, torch.tensor(sorted(consumed), device=self.device)] = float("-inf")
+            who, what = self.users.exclusions(user_rows.tolist())
+            scores[who, what] = float("-inf")
             scores.scatter_(1, pos.unsqueeze(1), float("-inf"))
             pool = min(self.config.hard_negative_pool, n)
             top = torch.topk(scores, pool, dim=-1).indices
@@ -295,13 +314,15 @@ class Recommender:
         batch included), then update the neighbour lists once for the whole batch."""
         assert self.cooc is not None
         n_recent = self.config.cooc_history
-        recent: dict[int, list[tuple[int, float]]] = {}
+        touched = list(dict.fromkeys(user_rows.tolist()))
+        tail_items, tail_weights = self.users.recent(torch.tensor(touched), n_recent)
+        recent: dict[int, list[tuple[int, float]]] = {
+            u: [(i, w) for i, w in zip(its, ws, strict=True) if i >= 0]
+            for u, its, ws in zip(touched, tail_items.tolist(), tail_weights.tolist(), strict=True)
+        }
         histories: list[list[tuple[int, float]]] = []
         item_list, weight_list = items.tolist(), weights.tolist()
         for u, i, w in zip(user_rows.tolist(), item_list, weight_list, strict=True):
-            if u not in recent:
-                tail = list(self.users.history_of_row(u))[-n_recent:]
-                recent[u] = [(h.item_row, h.weight) for h in tail]
             histories.append(recent[u][-n_recent:])
             recent[u] = [*recent[u][-n_recent + 1 :], (i, w)]
         self.cooc.observe_many(item_list, weight_list, histories)
@@ -311,25 +332,14 @@ class Recommender:
         n = self.items.num_rows
         out: list[Tensor] = []
         if self.cooc is not None:
-            rows = []
-            for r in user_rows:
-                hist = () if r is None else self.users.history_of_row(r)
-                recent = list(hist)[-self.config.cooc_history :]
-                last = len(recent) - 1
-                recency = self.config.cooc_recency
-                rows.append(
-                    self.cooc.scores(
-                        torch.tensor(
-                            [h.item_row for h in recent], dtype=torch.long, device=self.device
-                        ),
-                        torch.tensor(
-                            [h.weight * recency ** (last - j) for j, h in enumerate(recent)],
-                            device=self.device,
-                        ),
-                        n,
-                    )
-                )
-            out.append(torch.stack(rows) if rows else torch.zeros((0, n), device=self.device))
+            n_recent = min(self.config.cooc_history, self.users.history_len)
+            known = torch.tensor([-1 if r is None else r for r in user_rows], dtype=torch.long)
+            hist, w = self.users.recent(known.clamp(min=0), n_recent)
+            hist[known < 0] = -1  # users without state have no history
+            recency = self.config.cooc_recency ** torch.arange(
+                n_recent - 1, -1, -1, dtype=torch.float32, device=self.device
+            )
+            out.append(self.cooc.scores_many(hist, w * recency, n))
         if self.config.trend_signal:
             t = torch.log1p(self.trending.scores(n))
             out.append((t / t.max().clamp(min=1e-9)).unsqueeze(0))
@@ -364,87 +374,302 @@ class Recommender:
         n = self.items.num_rows
         dev = self.device
         rows = [self.users.row(uid) for uid in user_ids]
-        vectors = torch.stack(
-            [
-                self.users.vectors[r] if r is not None else torch.zeros(self.items.dim, device=dev)
-                for r in rows
-            ]
-        )
-        counts = torch.tensor(
-            [0 if r is None else int(self.users.counts[r]) for r in rows], device=dev
-        )
+        known = torch.tensor([-1 if r is None else r for r in rows], dtype=torch.long, device=dev)
+        has_state = (known >= 0).unsqueeze(-1)
+        vectors = torch.where(has_state, self.users.vectors[known.clamp(min=0)], 0.0)
+        counts = torch.where(known >= 0, self.users.counts[known.clamp(min=0)], 0)
+        newest_ts = torch.where(known >= 0, self.users.last_ts_ms[known.clamp(min=0)], 0)
         with torch.no_grad():
-            x = self._item_matrix()
-            signals = self._signals(rows) if self.head.n_signals else []
-            personal = self._personal_scores(vectors, counts, signals)
-            alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0).unsqueeze(-1)
-            live = self.items.active[:n]
-            scores = personal
-            if bool((alpha < 1).any()):
-                trend = _minmax(self.trending.scores(n), live).unsqueeze(0)
-                scores = alpha * _minmax_rows(personal, live) + (1 - alpha) * trend
-            scores = scores.masked_fill(~live.unsqueeze(0), float("-inf"))
-            for i, uid in enumerate(user_ids):
-                consumed = self.users.consumed(uid)
-                if consumed:
-                    idx = torch.tensor(sorted(consumed), dtype=torch.long, device=dev)
-                    scores[i, idx] = float("-inf")
-            top = torch.topk(scores, k=min(k, n), dim=-1) if n else None
+            alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0)
+            top: tuple[Tensor, Tensor] | None = None
+            if n and self._ann_enabled():
+                top = self._top_ann(rows, vectors, counts, alpha, k)
+            elif n:
+                top = self._top_exact(rows, vectors, counts, alpha, k)
+            because_all = self._because_many(rows, top[1]) if explain and top is not None else None
+        # One conversion to Python lists for the whole batch, then plain loops.
+        scores = top[0].tolist() if top is not None else [[] for _ in user_ids]
+        picked = top[1].tolist() if top is not None else [[] for _ in user_ids]
+        ids, version = self.items.ids, self.model_version
         out = []
-        for i, uid in enumerate(user_ids):
-            items: list[ScoredItem] = []
-            if top is not None:
-                vals, idxs = top.values[i], top.indices[i]
-                keep = torch.isfinite(vals)
-                vals, idxs = vals[keep], idxs[keep]
-                because = self._because(uid, idxs, x) if explain else [None] * int(idxs.numel())
-                items = [
-                    ScoredItem(self.items.ids[j], float(s), b)
-                    for j, s, b in zip(idxs.tolist(), vals.tolist(), because, strict=True)
-                ]
-            count = int(counts[i])
+        for i, (uid, count, event_ts) in enumerate(
+            zip(user_ids, counts.tolist(), newest_ts.tolist(), strict=True)
+        ):
+            because = because_all[i] if because_all is not None else [None] * len(picked[i])
+            items = [
+                ScoredItem(ids[j], s, b)
+                for j, s, b in zip(picked[i], scores[i], because, strict=True)
+                if s != -math.inf  # fewer eligible items than k
+            ]
             strategy: Strategy = (
                 "popular" if count == 0 else "personal" if count >= min_ev else "blend"
             )
-            row = rows[i]
-            event_ts = 0 if row is None else int(self.users.last_ts_ms[row])
-            out.append(UserRecommendation(uid, items, strategy, self.model_version, event_ts))
+            out.append(UserRecommendation(uid, items, strategy, version, event_ts))
         return out
 
-    def _because(self, user_id: str, item_rows: Tensor, x: Tensor) -> list[str | None]:
-        """For each recommended row, the history item that contributed most to its score:
-        its share of the bilinear score plus its share of the co-occurrence score, each with
-        the weight the head gives that signal for this user."""
-        history = self.users.history(user_id)
-        if not history or item_rows.numel() == 0:
-            return [None] * int(item_rows.numel())
-        hist_rows = torch.tensor([h.item_row for h in history], device=self.device)
-        newest = max(h.ts_ms for h in history)
-        w = torch.tensor(
-            [
-                h.weight * 2.0 ** (-(newest - h.ts_ms) / 1000.0 / self.config.user_half_life_s)
-                for h in history
-            ],
-            device=self.device,
-        )
-        mix = self.head.mixing(torch.tensor([len(history)], device=self.device))[0]
-        q = self.head.query(x[hist_rows])  # (H, d): each history item as a one-item user
-        contrib = mix[0] * w.unsqueeze(-1) * (q @ x[item_rows].T) / w.sum()  # (H, K)
-        if self.cooc is not None:
-            recent = len(history) - min(len(history), self.config.cooc_history)
-            a = torch.tensor(
-                [
-                    h.weight * self.config.cooc_recency ** (len(history) - 1 - j)
-                    if j >= recent
-                    else 0.0
-                    for j, h in enumerate(history)
-                ],
-                device=self.device,
+    def _ann_enabled(self) -> bool:
+        """Whether the live catalog is large enough to rank from ANN candidates. An index built
+        earlier is kept below the threshold: it catches up on its next use."""
+        threshold = self.config.ann_min_items
+        return threshold > 0 and self.items.num_active >= threshold
+
+    def _ann_index(self) -> CatalogIndex:
+        """The ANN index, built on first use and brought up to date on every use."""
+        if self._ann is None:
+            self._ann = CatalogIndex(self.config.ann)
+        self._ann.sync(self.items, self.head)
+        return self._ann
+
+    def _top_exact(
+        self,
+        rows: Sequence[int | None],
+        vectors: Tensor,
+        counts: Tensor,
+        alpha: Tensor,
+        k: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Top-``k`` ``(scores, item rows)`` over the whole catalog, ``-inf`` where a user has
+        fewer eligible items. Users go in chunks of at most ``_SCORE_ELEMENTS`` scores."""
+        n = self.items.num_rows
+        live = self.items.active[:n]
+        trend = _minmax(self.trending.scores(n), live) if bool((alpha < 1).any()) else None
+        step = max(1, _SCORE_ELEMENTS // n)
+        values, indices = [], []
+        for a in range(0, len(rows), step):
+            part, b = rows[a : a + step], a + step
+            signals = self._signals(part) if self.head.n_signals else []
+            scores = self._personal_scores(vectors[a:b], counts[a:b], signals)
+            mixing = torch.nonzero(alpha[a:b] < 1).squeeze(-1)
+            if trend is not None and mixing.numel():
+                w = alpha[a:b][mixing].unsqueeze(-1)
+                scores[mixing] = w * _minmax_rows(scores[mixing], live) + (1 - w) * trend
+            scores = scores.masked_fill(~live.unsqueeze(0), float("-inf"))
+            who, what = self.users.exclusions(part)
+            scores[who, what] = float("-inf")
+            top = torch.topk(scores, k=min(k, n), dim=-1)
+            values.append(top.values)
+            indices.append(top.indices)
+        return torch.cat(values), torch.cat(indices)
+
+    def _top_ann(
+        self,
+        rows: Sequence[int | None],
+        vectors: Tensor,
+        counts: Tensor,
+        alpha: Tensor,
+        k: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Top-``k`` like :meth:`_top_exact`, scoring only candidates: each user's best rows by
+        the bilinear score plus bias from the ANN index, and the best rows by each additive
+        term on its own (bias, co-occurrence, trending), all re-scored exactly. The lists
+        equal the exact ones whenever the candidates hold the exact top-``k`` (and, for users
+        still blending in trending items, the row with the lowest personal score, which their
+        min-max scaling uses).
+
+        Users whose exclusions crowd the index's candidates out are scored exactly.
+        """
+        n, dev = self.items.num_rows, self.device
+        # The signals of _signals, in its order: co-occurrence (per user, scored sparsely at
+        # the candidates; None here) and trending (one row for everyone). A head with other
+        # signals is scored exactly rather than approximated wrongly.
+        signals: list[Tensor | None] = [None] if self.cooc is not None else []
+        if self.config.trend_signal:
+            t = torch.log1p(self.trending.scores(n))
+            signals.append(t / t.max().clamp(min=1e-9))
+        if self.head.n_signals != len(signals):
+            return self._top_exact(rows, vectors, counts, alpha, k)
+        index = self._ann_index()
+        live = self.items.active[:n]
+        trend = _minmax(self.trending.scores(n), live) if bool((alpha < 1).any()) else None
+        who, _ = self.users.exclusions(rows)
+        n_excl = torch.bincount(who.cpu(), minlength=len(rows))
+        width = k + self.config.ann.candidates + int(n_excl.max())
+        # The best live rows by each user-independent term (the bias, trending) are the same
+        # for every user. The index ranks by bilinear + bias, but a popular item far from a
+        # user's taste sits in a list the user's query does not probe: the bias list finds it.
+        tops: list[Tensor] = []
+        for term in [self.head.bias[:n], *(sig for sig in signals if sig is not None)]:
+            best = torch.topk(term.masked_fill(~live, float("-inf")), min(width, n))
+            tops.append(best.indices[torch.isfinite(best.values)])
+        kk = min(k, n)
+        values = torch.full((len(rows), kk), float("-inf"), device=dev)
+        indices = torch.full((len(rows), kk), -1, dtype=torch.long, device=dev)
+        exact: list[Tensor] = []
+        # Users with similar numbers of exclusions share a chunk, and so a search width.
+        order = torch.argsort(n_excl, stable=True).to(dev)
+        for a in range(0, len(rows), _ANN_CHUNK):
+            sel = order[a : a + _ANN_CHUNK]
+            vals, idxs, ok = self._ann_chunk(
+                index,
+                [rows[i] for i in sel.tolist()],
+                vectors[sel],
+                counts[sel],
+                alpha[sel],
+                k,
+                signals,
+                tops,
+                trend,
             )
-            sim = self.cooc.similarity(hist_rows, item_rows)  # (H, K)
-            contrib = contrib + mix[1] * a.unsqueeze(-1) * sim / a.sum().clamp(min=1e-9)
-        best = contrib.argmax(dim=0).tolist()
-        return [self.items.ids[int(hist_rows[b])] for b in best]
+            values[sel, : vals.shape[1]] = vals
+            indices[sel, : idxs.shape[1]] = idxs
+            exact.append(sel[~ok])
+        redo = torch.cat(exact)
+        if redo.numel():
+            vals, idxs = self._top_exact(
+                [rows[i] for i in redo.tolist()], vectors[redo], counts[redo], alpha[redo], k
+            )
+            values[redo], indices[redo] = vals, idxs
+        return values, indices
+
+    def _ann_chunk(
+        self,
+        index: CatalogIndex,
+        rows: Sequence[int | None],
+        vectors: Tensor,
+        counts: Tensor,
+        alpha: Tensor,
+        k: int,
+        signals: list[Tensor | None],
+        tops: list[Tensor],
+        trend: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One chunk of :meth:`_top_ann`: ``(scores, item rows, enough candidates?)``."""
+        n, dev, u = self.items.num_rows, self.device, len(rows)
+        extra = self.config.ann.candidates
+        live = self.items.active[:n]
+        base = torch.arange(u, device=dev).unsqueeze(-1) * n  # key = position * n + item row
+        who, what = self.users.exclusions(rows)
+        excluded = torch.unique(who * n + what)
+        n_excl = torch.bincount(excluded // n, minlength=u)
+        n_excl_live = torch.bincount(excluded // n, weights=live[excluded % n].float(), minlength=u)
+        width = k + extra + int(n_excl.max())
+        # Co-occurrence candidates are exact (no index in between) and each user's own, so they
+        # get no margin for approximation: the top 2k by that signal alone, beyond exclusions.
+        narrow = 2 * k + int(n_excl.max())
+
+        q = self.head.query(vectors)
+        w = self.head.mixing(counts)
+        queries = mips_queries(q, w[:, 0])
+        found = index.search(queries, width).to(dev)
+        parts = [found, *(top[:width].expand(u, -1) for top in tops)]
+        cooc: tuple[Tensor, Tensor] | None = None
+        if any(sig is None for sig in signals):
+            cooc = self._cooc_sparse(rows)
+            parts.append(_top_per_row(*cooc, n, u, narrow, live))
+        blending = (alpha < 1) & (counts > 0)
+        if trend is not None and bool(blending.any()):
+            low = torch.full((u, _LOW_CANDIDATES), -1, dtype=torch.long, device=dev)
+            low[blending] = index.search(-queries[blending], _LOW_CANDIDATES).to(dev)
+            parts.append(low)
+        cand = _distinct_rows(torch.cat(parts, dim=1))
+        safe = cand.clamp(min=0)
+        valid = (cand >= 0) & live[safe]
+
+        # Exactly the terms and order of _personal_scores, at the candidates only.
+        flat = safe.reshape(-1)
+        x = self.items.embeddings.index_select(0, flat).add_(self.head.delta.index_select(0, flat))
+        bilinear = torch.bmm(x.view(u, -1, x.shape[-1]), q.unsqueeze(-1)).squeeze(-1)
+        scores = w[:, :1] * bilinear + self.head.bias[safe]
+        for s_i, sig in enumerate(signals):
+            if sig is not None:
+                value = sig[safe]
+            else:
+                assert cooc is not None
+                value = _lookup(cooc[0], cooc[1], base + safe)
+            scores = scores + w[:, 1 + s_i : 2 + s_i] * value
+        mixing = torch.nonzero(alpha < 1).squeeze(-1)
+        if trend is not None and mixing.numel():
+            p, ok = scores[mixing], valid[mixing]
+            lo = p.masked_fill(~ok, float("inf")).amin(dim=1, keepdim=True)
+            hi = p.masked_fill(~ok, float("-inf")).amax(dim=1, keepdim=True)
+            a = alpha[mixing].unsqueeze(-1)
+            mm = (p - lo) / (hi - lo).clamp(min=1e-12)
+            scores[mixing] = a * mm + (1 - a) * trend[safe[mixing]]
+        scores = scores.masked_fill(~valid | torch.isin(base + safe, excluded), float("-inf"))
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=-1)
+
+        # Enough eligible rows from the index itself, or the margin is gone: score exactly.
+        f_safe = found.clamp(min=0)
+        usable = (found >= 0) & live[f_safe] & ~torch.isin(base + f_safe, excluded)
+        need = torch.clamp(int(live.sum()) - n_excl_live.long(), max=k + extra)
+        return top.values, cand.gather(1, top.indices), usable.sum(dim=1) >= need
+
+    def _cooc_sparse(self, user_rows: Sequence[int | None]) -> tuple[Tensor, Tensor]:
+        """The co-occurrence signal of :meth:`_signals` at its non-zero entries only, as sorted
+        keys ``position * num_rows + item row`` and their values: a user's non-zero items are
+        the neighbours of their recent history, a few thousand where a dense row is the whole
+        catalog. Mirrors ``CoOccurrence.scores_many`` term for term."""
+        assert self.cooc is not None
+        cooc, n, dev = self.cooc, self.items.num_rows, self.device
+        n_recent = min(self.config.cooc_history, self.users.history_len)
+        known = torch.tensor([-1 if r is None else r for r in user_rows], dtype=torch.long)
+        hist, w = self.users.recent(known.clamp(min=0), n_recent)
+        hist[known.to(hist.device) < 0] = -1  # users without state have no history
+        recency = self.config.cooc_recency ** torch.arange(
+            n_recent - 1, -1, -1, dtype=torch.float32, device=dev
+        )
+        present = hist >= 0
+        a = (w * recency) * present
+        flat = present.reshape(-1).nonzero().squeeze(-1)
+        hist_rows = hist.reshape(-1)[flat]
+        user = flat // hist.shape[1]
+        scale = a.reshape(-1)[flat] / cooc.mass[hist_rows].sqrt().clamp(min=1e-9)
+        nbr = cooc.idx[hist_rows]  # (P, M); empty slots are -1
+        listed = nbr >= 0
+        keys = (user.unsqueeze(-1) * n + nbr)[listed]
+        contrib = (cooc.weight[hist_rows] * scale.unsqueeze(-1))[listed]
+        keys, inverse = torch.unique(keys, return_inverse=True)
+        sums = torch.zeros(keys.numel(), device=dev).index_add_(0, inverse, contrib)
+        item = keys % n
+        inv_norm = 1.0 / cooc.mass[item].sqrt().clamp(min=1e-9)
+        values = sums * torch.where(cooc.mass[item] > 0, inv_norm, 0.0)
+        return keys, values / a.sum(dim=1).clamp(min=1e-9)[keys // n]
+
+    def _because_many(
+        self, rows: Sequence[int | None], item_rows: Tensor
+    ) -> list[list[str | None]]:
+        """For each recommended row, the history item that contributed most to its score: its
+        share of the bilinear score (by decayed event weight) plus its share of the
+        co-occurrence score (by recency weight), each with the weight the head gives that
+        signal for this user. ``item_rows`` is ``(B, K)``, one list per user row; ``None``
+        rows have no history, so no ``because``. The whole batch is a few tensor operations.
+        """
+        b, k = item_rows.shape
+        dev = self.device
+        if b == 0 or k == 0:
+            return [[None] * k for _ in range(b)]
+        h_len = self.users.history_len
+        known = torch.tensor([-1 if r is None else r for r in rows], dtype=torch.long)
+        hist, w_raw, ts_ms = self.users.recent(known.clamp(min=0), h_len, with_times=True)
+        hist[known.to(dev) < 0] = -1
+        present = hist >= 0
+        length = present.sum(dim=1)
+        newest = ts_ms.masked_fill(~present, torch.iinfo(torch.int64).min).max(dim=1).values
+        age_s = (newest.unsqueeze(1) - ts_ms).double() / 1000.0
+        w = (w_raw * torch.exp2(-age_s / self.config.user_half_life_s).float()) * present
+        mix = self.head.mixing(length)  # (B, 1 + signals)
+        cols = item_rows.clamp(min=0, max=max(0, self.items.num_rows - 1))
+        # Only the rows this batch names: e_v + δ_v of history items and recommended items.
+        distinct, where = torch.unique(
+            torch.cat([hist.clamp(min=0).reshape(-1), cols.reshape(-1)]), return_inverse=True
+        )
+        x = self.items.embeddings[distinct] + self.head.delta[distinct]
+        q = self.head.query(x)[where[: hist.numel()]].view(b, h_len, -1)  # history as users
+        bilinear = torch.bmm(q, x[where[hist.numel() :]].view(b, k, -1).transpose(1, 2))
+        contrib = (mix[:, :1] * w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)).unsqueeze(
+            -1
+        ) * bilinear
+        if self.cooc is not None:
+            exponent = torch.arange(h_len - 1, -1, -1, device=dev)
+            recent = (exponent < self.config.cooc_history).float()
+            a = w_raw * self.config.cooc_recency ** exponent.float() * recent * present
+            sim = self.cooc.similarity_many(torch.where(a > 0, hist, -1), cols)  # (B, H, K)
+            share = mix[:, 1:2] * a / a.sum(dim=1, keepdim=True).clamp(min=1e-9)
+            contrib = contrib + share.unsqueeze(-1) * sim
+        contrib = contrib.masked_fill(~present.unsqueeze(-1), float("-inf"))
+        best = hist.gather(1, contrib.argmax(dim=1)).tolist()  # (B, K) history item rows
+        ids = self.items.ids
+        return [[ids[r] for r in best[i]] if int(length[i]) else [None] * k for i in range(b)]
 
 
 def _minmax(v: Tensor, live: Tensor) -> Tensor:
@@ -463,3 +688,58 @@ def _minmax_rows(m: Tensor, live: Tensor) -> Tensor:
     lo = masked.min(dim=1, keepdim=True).values
     hi = masked.max(dim=1, keepdim=True).values
     return (m - lo) / (hi - lo).clamp(min=1e-12)
+
+
+def _distinct_rows(rows: Tensor) -> Tensor:
+    """Each row's entries sorted, with repeats (and negatives, which mean none) set to ``-1``.
+
+    Examples
+    --------
+    >>> _distinct_rows(torch.tensor([[3, 1, 3, -1], [2, 2, 0, 5]])).tolist()
+    [[-1, 1, 3, -1], [0, 2, -1, 5]]
+    """
+    s = torch.sort(rows, dim=1).values
+    repeat = torch.zeros_like(s, dtype=torch.bool)
+    repeat[:, 1:] = s[:, 1:] == s[:, :-1]
+    return s.masked_fill(repeat | (s < 0), -1)
+
+
+def _lookup(keys: Tensor, values: Tensor, wanted: Tensor) -> Tensor:
+    """``values`` at ``wanted`` keys (``keys`` sorted and distinct), 0 where absent.
+
+    Examples
+    --------
+    >>> _lookup(torch.tensor([2, 5]), torch.tensor([0.5, 1.5]), torch.tensor([[5, 3, 2]]))
+    tensor([[1.5000, 0.0000, 0.5000]])
+    """
+    if keys.numel() == 0:
+        return torch.zeros(wanted.shape, device=values.device)
+    at = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+    return torch.where(keys[at] == wanted, values[at], 0.0)
+
+
+def _top_per_row(
+    keys: Tensor, values: Tensor, n: int, users: int, width: int, live: Tensor
+) -> Tensor:
+    """For entries keyed ``user * n + row``: each user's ``width`` live rows of largest positive
+    value, best first, as a ``(users, width)`` tensor padded with ``-1``.
+
+    Examples
+    --------
+    >>> keys = torch.tensor([1, 2, 3, 4 + 0, 4 + 2])  # n = 4: user 0 rows 1-3, user 1 rows 0, 2
+    >>> _top_per_row(keys, torch.tensor([0.1, 0.9, 0.5, 0.3, 0.0]), 4, 2, 2,
+    ...              torch.ones(4, dtype=torch.bool)).tolist()
+    [[2, 3], [0, -1]]
+    """
+    out = torch.full((users, width), -1, dtype=torch.long, device=keys.device)
+    keep = (values > 0) & live[keys % n]
+    keys, values = keys[keep], values[keep]
+    user = keys // n
+    by_value = torch.argsort(values, descending=True, stable=True)
+    order = by_value[torch.argsort(user[by_value], stable=True)]
+    user = user[order]
+    count = torch.bincount(user, minlength=users)
+    rank = torch.arange(order.numel(), device=keys.device) - (torch.cumsum(count, 0) - count)[user]
+    take = rank < width
+    out[user[take], rank[take]] = keys[order][take] % n
+    return out

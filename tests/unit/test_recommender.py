@@ -224,6 +224,48 @@ def test_because_points_at_the_history_item_the_recommendation_resembles(
     assert because["d"] == "c"  # Love and a kiss in the rain <- Love in Paris
 
 
+def because_one_user(rec: Recommender, user_id: str, item_rows: torch.Tensor) -> list[str]:
+    """The definition of ``because``, one user at a time: for each recommended row, the
+    history item with the largest share of its score (bilinear share by decayed event
+    weight, co-occurrence share by recency weight, each scaled by the head's mixing)."""
+    history = rec.users.history(user_id)
+    x = rec._item_matrix()
+    hist_rows = torch.tensor([h.item_row for h in history])
+    newest = max(h.ts_ms for h in history)
+    half_life = rec.config.user_half_life_s
+    w = torch.tensor([h.weight * 2.0 ** (-(newest - h.ts_ms) / 1000 / half_life) for h in history])
+    mix = rec.head.mixing(torch.tensor([len(history)]))[0]
+    contrib = mix[0] * w.unsqueeze(-1) * (rec.head.query(x[hist_rows]) @ x[item_rows].T) / w.sum()
+    assert rec.cooc is not None
+    n, window, recency = len(history), rec.config.cooc_history, rec.config.cooc_recency
+    a = torch.tensor(
+        [
+            h.weight * recency ** (n - 1 - j) if j >= n - window else 0.0
+            for j, h in enumerate(history)
+        ]
+    )
+    sim = rec.cooc.similarity(hist_rows, item_rows)
+    contrib = contrib + mix[1] * a.unsqueeze(-1) * sim / a.sum()
+    return [rec.items.ids[int(hist_rows[b])] for b in contrib.argmax(dim=0).tolist()]
+
+
+def test_because_of_a_batch_equals_because_one_user_at_a_time(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    rec = make_recommender(history_len=4, cooc_history=3)
+    items = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    rng = torch.Generator().manual_seed(3)
+    for _ in range(2):  # six events a user: more than the ring, so some have left it
+        picks = torch.randint(0, len(items), (12,), generator=rng).tolist()
+        rec.learn([make_event(f"u{i % 4}", items[p]) for i, p in enumerate(picks)])
+    users = ["u0", "u1", "u2", "u3"]
+    lists = rec.recommend(users, k=3, min_events=1)
+    assert all(listed.items for listed in lists)
+    for user, listed in zip(users, lists, strict=True):
+        rows = torch.tensor([rec.items.find(it.item_id) for it in listed.items], dtype=torch.long)
+        assert [it.because for it in listed.items] == because_one_user(rec, user, rows)
+
+
 # -- learning ----------------------------------------------------------------------------
 
 

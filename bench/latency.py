@@ -1,0 +1,363 @@
+"""Freshness latency: from an event's produce time to its user's list arriving downstream.
+
+    .venv/bin/python bench/latency.py                     # 500 and 2000 events/s, 30 s each
+    .venv/bin/python bench/latency.py --rates 500 --seconds 20 --json lat.json
+
+For each offered rate, and for each of the two loops (the bare kafka-python loop of
+bench/kafka_rig.py, and ``freshrec worker`` with the ml-100k catalog), the loop runs as its own
+process against the local broker, a producer thread offers events at a fixed rate (each
+event's ``ts`` is its send time in ms), and a consumer of the output topic timestamps every
+message as it arrives. An event counts as delivered when a message for its user arrives whose
+``event_ts`` (worker) or ``ts`` (bare loop) is at least the event's own: latency is arrival
+time minus send time, on the same clock. p50/p95/p99 are over every delivered event; events
+never delivered within ``--drain`` seconds after the last send are reported as lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgpack
+
+from bench.kafka_rig import ROOT, Broker, log, markdown_table, produce_all, run_id
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_worker(
+    broker: Broker, prefix: str, batch_size: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [
+        PY,
+        "-m",
+        "consumer.cli",
+        "worker",
+        "--bootstrap-servers",
+        broker.bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--group-id",
+        f"{prefix}workers",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(port),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, f"http://127.0.0.1:{port}/readyz"
+
+
+def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        PY,
+        str(ROOT / "bench/kafka_rig.py"),
+        "bare",
+        "--bootstrap",
+        broker.bootstrap,
+        "--in",
+        f"{prefix}events",
+        "--out",
+        f"{prefix}bare.out",
+        "--group",
+        f"{prefix}bare",
+        "--batch-size",
+        str(batch_size),
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            raise SystemExit(f"worker exited with {proc.returncode}:\n{err}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"worker not ready after {timeout_s:.0f}s")
+
+
+class Delivery:
+    """Matches output messages to the events they answer, per user, in send order."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, deque[int]] = defaultdict(deque)
+        self.latencies_ms: list[float] = []
+        self.lock = threading.Lock()
+
+    def sent(self, user: str, ts_ms: int) -> None:
+        with self.lock:
+            self.pending[user].append(ts_ms)
+
+    def arrived(self, user: str, answers_ts_ms: int, arrival_ms: float) -> None:
+        with self.lock:
+            queue = self.pending.get(user)
+            while queue and queue[0] <= answers_ts_ms:
+                self.latencies_ms.append(arrival_ms - queue.popleft())
+
+    def lost(self) -> int:
+        with self.lock:
+            return sum(len(q) for q in self.pending.values())
+
+
+def offer(
+    broker: Broker,
+    topic: str,
+    rate: float,
+    seconds: float,
+    items: list[str],
+    users: int,
+    delivery: Delivery,
+    seed: int,
+) -> int:
+    """Send events at ``rate`` per second for ``seconds``; each event's ts is its send time."""
+    from consumer.codec import encode_event
+    from learner.types import Event
+
+    rng = random.Random(seed)
+    producer = broker.producer(linger_ms=0)
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    try:
+        for i in range(total):
+            ahead = start + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            user = f"lat-u{rng.randrange(users)}"
+            now_ms = int(time.time() * 1000)
+            event = Event(f"lat-{seed}-{i}", user, rng.choice(items), "click", None, now_ms)
+            delivery.sent(user, now_ms)
+            producer.send(topic, key=user.encode(), value=encode_event(event))
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    return total
+
+
+def measure(
+    broker: Broker, mode: str, rate: float, args: argparse.Namespace, items: list[Any]
+) -> dict[str, Any]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from consumer.codec import encode_item
+
+    prefix = f"lat-{run_id()}."
+    broker.create_topics(
+        {
+            f"{prefix}events": args.partitions,
+            f"{prefix}bare.out": args.partitions,
+            f"{prefix}recommendations": args.partitions,
+            f"{prefix}events.dlq": 1,
+        }
+    )
+    broker.create_topics({f"{prefix}items": 1}, {"cleanup.policy": "compact"})
+    out_topic = f"{prefix}recommendations" if mode == "worker" else f"{prefix}bare.out"
+    if mode == "worker":
+        produce_all(
+            broker,
+            f"{prefix}items",
+            [(it.item_id.encode(), encode_item(it)) for it in items],
+            label="items",
+        )
+        proc, ready = start_worker(broker, prefix, args.batch_size)
+        wait_ready(ready, proc)
+    else:
+        proc = start_bare(broker, prefix, args.batch_size)
+    try:
+        reader = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap.split(","),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+        )
+        parts = [TopicPartition(out_topic, p) for p in range(args.partitions)]
+        reader.assign(parts)
+        reader.seek_to_end(*parts)
+        # Warm up: the loop has joined its group once a first event comes back.
+        warm = Delivery()
+        offer(broker, f"{prefix}events", 50, 1, [it.item_id for it in items], 10, warm, seed=99)
+        deadline = time.monotonic() + 120
+        while warm.latencies_ms == [] and time.monotonic() < deadline:
+            read(reader, mode, warm)
+        if not warm.latencies_ms:
+            raise SystemExit(f"{mode}: nothing came back from the warm-up events")
+        reader.seek_to_end(*parts)
+        delivery = Delivery()
+        log(f"{mode} at {rate:g} events/s for {args.seconds:g}s")
+        sender = threading.Thread(
+            target=offer,
+            args=(
+                broker,
+                f"{prefix}events",
+                rate,
+                args.seconds,
+                [it.item_id for it in items],
+                args.users,
+                delivery,
+                1,
+            ),
+        )
+        sender.start()
+        while sender.is_alive():
+            read(reader, mode, delivery)
+        drain_until = time.monotonic() + args.drain
+        while delivery.lost() and time.monotonic() < drain_until:
+            read(reader, mode, delivery)
+        reader.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    lat = sorted(delivery.latencies_ms)
+    return {
+        "mode": mode,
+        "offered_rate": rate,
+        "delivered": len(lat),
+        "lost": delivery.lost(),
+        "p50_ms": pct(lat, 50),
+        "p95_ms": pct(lat, 95),
+        "p99_ms": pct(lat, 99),
+    }
+
+
+def read(reader: Any, mode: str, delivery: Delivery) -> None:
+    polled = reader.poll(timeout_ms=50)
+    arrival_ms = time.time() * 1000
+    for records in polled.values():
+        for rec in records:
+            msg = msgpack.unpackb(rec.value, raw=False)
+            if mode == "worker":
+                delivery.arrived(msg["user_id"], msg["event_ts"], arrival_ms)
+            else:
+                delivery.arrived(msg["user_id"], msg["ts"], arrival_ms)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bootstrap", help="an existing broker (default: start one on 29092)")
+    parser.add_argument(
+        "--rates", default="500,2000", help="offered events/s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="offering time per run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--users", type=int, default=20_000, help="distinct users (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="topic partitions (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="max records per poll, both loops (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=60.0,
+        help="wait this long for late answers (default: %(default)s)",
+    )
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    from consumer import datasets
+
+    items = datasets.load_ml100k_items(datasets.fetch_ml100k(progress=False))
+    broker = Broker.ensure(args.bootstrap)
+    rows = []
+    try:
+        for rate in [float(r) for r in args.rates.split(",")]:
+            bare = measure(broker, "bare", rate, args, items)
+            worker = measure(broker, "worker", rate, args, items)
+            log(f"{rate:g}/s: bare p99 {bare['p99_ms']} ms, worker p99 {worker['p99_ms']} ms")
+            rows.append(
+                {
+                    "offered_rate": rate,
+                    "bare_p50_ms": bare["p50_ms"],
+                    "bare_p95_ms": bare["p95_ms"],
+                    "bare_p99_ms": bare["p99_ms"],
+                    "worker_p50_ms": worker["p50_ms"],
+                    "worker_p95_ms": worker["p95_ms"],
+                    "worker_p99_ms": worker["p99_ms"],
+                    "p99_ratio": round(worker["p99_ms"] / bare["p99_ms"], 2)
+                    if bare["p99_ms"]
+                    else None,
+                    "bare_lost": bare["lost"],
+                    "worker_lost": worker["lost"],
+                    "events": bare["delivered"] + bare["lost"],
+                }
+            )
+    finally:
+        broker.stop()
+    headers = [
+        "offered events/s",
+        "bare p50 / p95 / p99 ms",
+        "worker p50 / p95 / p99 ms",
+        "p99 worker / bare",
+        "lost (bare, worker)",
+    ]
+    print(
+        markdown_table(
+            headers,
+            [
+                [
+                    f"{r['offered_rate']:,.0f}",
+                    f"{r['bare_p50_ms']} / {r['bare_p95_ms']} / {r['bare_p99_ms']}",
+                    f"{r['worker_p50_ms']} / {r['worker_p95_ms']} / {r['worker_p99_ms']}",
+                    r["p99_ratio"],
+                    f"{r['bare_lost']}, {r['worker_lost']}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

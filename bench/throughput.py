@@ -1,0 +1,256 @@
+"""Worker throughput against the bare kafka-python loop, on the same broker, in one run.
+
+    .venv/bin/python bench/throughput.py                 # ml-100k and a 100k-item catalog
+    .venv/bin/python bench/throughput.py --catalogs ml-100k --events 50000 --json out.json
+
+For each catalog it writes the items and ``--events`` synthetic events (``--users`` users with
+Zipf item popularity, consumer.datasets.synthetic_events) to a fresh ``--partitions``-partition
+topic, then consumes all of them twice with fresh consumer groups: first the bare loop (poll,
+msgpack-decode, produce one message per event, commit: the ceiling), then the full worker
+(decode and validate, learn, rank, publish, commit) built exactly as ``freshrec worker`` builds
+it. Each clock starts at the first record and stops at the last commit, so group joins and the
+catalog load (reported on its own) are not counted. The broker is started on port 29092 unless
+``--bootstrap`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.kafka_rig import Broker, bare_loop, log, markdown_table, produce_all, run_id
+
+
+def catalog(name: str, seed: int) -> list[Any]:
+    from consumer import datasets
+
+    if name == "ml-100k":
+        return datasets.load_ml100k_items(datasets.fetch_ml100k(progress=False))
+    n = int(name.lower().rstrip("k")) * 1000 if name.lower().endswith("k") else int(name)
+    return datasets.synthetic_catalog(n, seed=seed)
+
+
+def run_worker(
+    broker: Broker, prefix: str, n_events: int, args: argparse.Namespace, group: str
+) -> dict[str, Any]:
+    from consumer.app import build_worker
+    from consumer.config import WorkerConfig
+
+    config = WorkerConfig(
+        bootstrap_servers=broker.bootstrap,
+        topic_prefix=prefix,
+        group_id=group,
+        partitions=args.partitions,
+        batch_size=args.batch_size,
+        poll_timeout_ms=200,
+        device=args.device,
+        create_topics=True,
+        torch_threads=args.torch_threads,
+    )
+    kw = build_worker(config)
+    try:
+        start = time.perf_counter()
+        kw.worker.bootstrap()
+        load_s = time.perf_counter() - start
+        log(
+            f"worker: catalog of {len(kw.worker.recommender.items):,} items loaded in {load_s:.1f}s"
+        )
+        first = 0.0
+        last_report = time.monotonic()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        deadline = time.monotonic() + args.timeout
+        while kw.worker.totals.consumed < n_events and time.monotonic() < deadline:
+            if kw.worker.step().consumed and not first:
+                first = time.perf_counter()
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                log(f"worker: {kw.worker.totals.consumed:,}/{n_events:,} events")
+        elapsed = time.perf_counter() - first
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+        totals = kw.worker.totals
+        if totals.consumed < n_events:
+            raise SystemExit(f"worker consumed only {totals.consumed} of {n_events} events")
+        if totals.rejected:
+            raise SystemExit(f"worker rejected {totals.rejected} events; the bench expects none")
+        stages = {}
+        for stage in ("decode", "learn", "rank", "publish", "commit"):
+            total = kw.worker.metrics.registry.get_sample_value(
+                "freshrec_stage_seconds_sum", {"stage": stage}
+            )
+            stages[stage] = 1000.0 * (total or 0.0) / max(1, kw.worker.batches)
+        log("worker ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        return {
+            "events": totals.consumed,
+            "seconds": elapsed,
+            "load_s": load_s,
+            "published": totals.published,
+            "stages": stages,
+        }
+    finally:
+        kw.close()
+
+
+def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from consumer.codec import encode_event, encode_item
+    from consumer.datasets import synthetic_events
+
+    items = catalog(name, args.seed)
+    events = synthetic_events(args.events, items, n_users=args.users, seed=args.seed)
+    prefix = f"bench-{run_id()}."
+    broker.create_topics({f"{prefix}events": args.partitions, f"{prefix}bare.out": args.partitions})
+    broker.create_topics({f"{prefix}items": 1}, {"cleanup.policy": "compact"})
+    produce_all(
+        broker,
+        f"{prefix}items",
+        [(it.item_id.encode(), encode_item(it)) for it in items],
+        label="items",
+    )
+    rate = produce_all(
+        broker,
+        f"{prefix}events",
+        [(ev.user_id.encode(), encode_event(ev)) for ev in events],
+        label="events",
+    )
+    log(f"{name}: {len(items):,} items, {len(events):,} events written ({rate:,.0f} msg/s)")
+    bare_rates, worker_rates, loads = [], [], []
+    for rep in range(args.repeats):
+        done, secs = bare_loop(
+            broker,
+            f"{prefix}events",
+            f"{prefix}bare.out",
+            len(events),
+            group=f"{prefix}bare{rep}",
+            batch_size=args.batch_size,
+        )
+        bare_rates.append(done / secs)
+        log(f"{name}: bare loop {bare_rates[-1]:,.0f} events/s")
+        w = run_worker(broker, prefix, len(events), args, group=f"{prefix}workers{rep}")
+        worker_rates.append(w["events"] / w["seconds"])
+        stages, published = w["stages"], w["published"]
+        loads.append(w["load_s"])
+        log(f"{name}: worker {worker_rates[-1]:,.0f} events/s")
+    bare, worker = statistics.median(bare_rates), statistics.median(worker_rates)
+    return {
+        "catalog": name,
+        "catalog_items": len(items),
+        "events": len(events),
+        "bare_events_per_s": round(bare, 1),
+        "worker_events_per_s": round(worker, 1),
+        "ratio": round(worker / bare, 3),
+        "catalog_load_s": round(statistics.median(loads), 1),
+        "worker_ms_per_batch": {k: round(v, 1) for k, v in stages.items()},
+        "lists_per_event": round(published / len(events), 3),
+        "repeats": args.repeats,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bootstrap", help="an existing broker (default: start one on 29092)")
+    parser.add_argument(
+        "--catalogs",
+        default="ml-100k,100k",
+        help="comma-separated: ml-100k or a synthetic size like 100k (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--events", type=int, default=200_000, help="events per catalog (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--users", type=int, default=20_000, help="distinct users (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="events topic partitions (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="records per poll, both loops (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each loop; medians reported (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="the worker's torch device (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="the worker's torch threads (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="give up a loop after this many seconds"
+    )
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the worker loop, top 40 to stderr"
+    )
+    args = parser.parse_args(argv)
+
+    broker = Broker.ensure(args.bootstrap)
+    rows = []
+    try:
+        for name in args.catalogs.split(","):
+            rows.append(bench_catalog(broker, name.strip(), args))
+    finally:
+        broker.stop()
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    headers = [
+        "catalog items",
+        "events",
+        "bare loop events/s",
+        "worker events/s",
+        "worker / bare",
+        "catalog load s",
+        "worker ms per batch",
+    ]
+    print(
+        markdown_table(
+            headers,
+            [
+                [
+                    f"{r['catalog_items']:,} ({r['catalog']})",
+                    f"{r['events']:,}",
+                    f"{r['bare_events_per_s']:,.0f}",
+                    f"{r['worker_events_per_s']:,.0f}",
+                    f"{r['ratio']:.2f}",
+                    r["catalog_load_s"],
+                    ", ".join(f"{k} {v}" for k, v in r["worker_ms_per_batch"].items()),
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
