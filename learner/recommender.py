@@ -258,10 +258,52 @@ class Recommender:
             pick = torch.randint(0, pool, (top.shape[0], count), generator=self.head.generator)
             return top.gather(1, pick.to(self.device))
 
+    def _hard_negatives_ann(
+        self, user_rows: Tensor, pos: Tensor, fallback: Tensor, count: int
+    ) -> Tensor:
+        """:meth:`_hard_negatives` for ANN-sized catalogs: the pool is each user's top items
+        from the ANN candidates, re-scored exactly (``_top_ann``), without the positive.
+        A user with too few eligible items draws from ``fallback`` (sampled negatives)."""
+        with torch.no_grad():
+            b = int(user_rows.numel())
+            pool = min(self.config.hard_negative_pool, self.items.num_rows)
+            values, top = self._top_ann(
+                user_rows.tolist(),
+                self.users.vectors[user_rows],
+                self.users.counts[user_rows],
+                torch.ones(b, device=self.device),
+                pool + 1,
+            )
+            usable = torch.isfinite(values) & (top != pos.unsqueeze(1))
+            # Usable rows first (stable), so the first `pool` columns hold the best of them.
+            order = torch.argsort((~usable).to(torch.int8), dim=1, stable=True)[:, :pool]
+            top, usable = top.gather(1, order), usable.gather(1, order)
+            top = torch.where(usable, top, fallback.unsqueeze(1))
+            pick = torch.randint(0, pool, (b, count), generator=self.head.generator)
+            return top.gather(1, pick.to(self.device))
+
+    def _signals_at(self, user_rows: Sequence[int | None], cols: Tensor) -> Tensor:
+        """The values of :meth:`_signals` at ``cols`` (``(B, C)`` item rows) only, as a
+        ``(B, C, signals)`` tensor, without scoring the whole catalog."""
+        n = self.items.num_rows
+        out: list[Tensor] = []
+        if self.cooc is not None:
+            keys, values = self._cooc_sparse(user_rows)
+            base = torch.arange(len(user_rows), device=self.device).unsqueeze(-1) * n
+            out.append(_lookup(keys, values, base + cols))
+        if self.config.trend_signal:
+            t = torch.log1p(self.trending.scores(n))
+            out.append((t / t.max().clamp(min=1e-9))[cols])
+        return torch.stack(out, dim=-1)
+
     def _queue_pairs(self, user_rows: Tensor, pos: Tensor) -> None:
         """Snapshot training pairs from the current (pre-event) state for the next step."""
         b = int(pos.numel())
-        signals = self._signals(user_rows.tolist()) if self.head.n_signals else []
+        # Large catalogs: no dense (users x catalog) scoring here either; hard negatives come
+        # from the ANN candidates and the signals are looked up at the pairs' items only.
+        sparse = self._ann_enabled()
+        dense = not sparse and self.head.n_signals
+        signals = self._signals(user_rows.tolist()) if dense else []
         n_hard = round(self.head.config.negatives * self.config.hard_negatives)
         neg = self.head.sample_negatives(
             self.items.active,
@@ -270,11 +312,19 @@ class Recommender:
             count=self.head.config.negatives - n_hard,
         )
         if n_hard:
-            neg = torch.cat([neg, self._hard_negatives(user_rows, pos, signals, n_hard)], dim=1)
+            hard = (
+                self._hard_negatives_ann(user_rows, pos, neg[:, 0], n_hard)
+                if sparse
+                else self._hard_negatives(user_rows, pos, signals, n_hard)
+            )
+            neg = torch.cat([neg, hard], dim=1)
         n_sig = self.head.n_signals
         pos_sig = torch.zeros((b, n_sig), device=self.device)
         neg_sig = torch.zeros((b, neg.shape[1], n_sig), device=self.device)
-        if n_sig:
+        if n_sig and sparse:
+            at = self._signals_at(user_rows.tolist(), torch.cat([pos.unsqueeze(1), neg], dim=1))
+            pos_sig, neg_sig = at[:, 0], at[:, 1:]
+        elif n_sig:
             full = [sig.expand(b, -1) for sig in signals]
             pos_sig = torch.stack([f.gather(1, pos.unsqueeze(1)).squeeze(1) for f in full], -1)
             neg_sig = torch.stack([f.gather(1, neg) for f in full], -1)

@@ -314,3 +314,73 @@ def test_ann_min_items_is_a_worker_setting_that_reaches_the_model(
     monkeypatch.setattr(app, "TextEncoder", NoModel)
     rec = app.build_recommender(WorkerConfig(ann_min_items=123, torch_threads=0))
     assert rec.config.ann_min_items == 123
+
+
+# -- learning on ANN-sized catalogs ------------------------------------------------------
+
+
+def test_signals_at_chosen_items_equal_the_dense_signals_there() -> None:
+    rec, users = build()
+    rows = [rec.users.row(u) for u in users]
+    dense = rec._signals(rows)
+    cols = torch.randint(
+        0, rec.items.num_rows, (len(rows), 7), generator=torch.Generator().manual_seed(2)
+    )
+    sparse = rec._signals_at(rows, cols)
+    for s_i, sig in enumerate(dense):
+        expected = sig.expand(len(rows), -1).gather(1, cols)
+        assert torch.allclose(sparse[..., s_i], expected, atol=1e-5)
+
+
+def test_hard_negatives_from_ann_candidates_are_the_users_top_items_without_the_positive() -> None:
+    rec, users = build(ann=AnnConfig(nprobe=10_000, candidates=10_000))  # candidates: everything
+    ann_on(rec)
+    user_rows = rec.users.rows_for(users[:-1])
+    exact_on(rec)
+    top = rec.recommend(users[:-1], rec.config.hard_negative_pool + 1, explain=False, min_events=1)
+    ann_on(rec)
+    pos = torch.tensor([rec.items.find(r.items[0].item_id) for r in top])  # a top item as positive
+    hard = rec._hard_negatives_ann(user_rows, pos, torch.zeros_like(pos), count=30)
+    for i, listed in enumerate(top):
+        pool = {rec.items.find(it.item_id) for it in listed.items} - {int(pos[i])}
+        assert set(hard[i].tolist()) <= pool
+
+
+def test_learning_with_ann_on_trains_the_head() -> None:
+    rec, users = build()
+    ann_on(rec)
+    steps = rec.head.steps
+    events = [
+        Event(f"x{i}", users[i], f"i{i}", "click", None, T0_MS + 10_000 + i) for i in range(20)
+    ]
+    report = rec.learn(events)
+    assert report.trained_pairs > 0 and rec.head.steps == steps + 1
+    assert rec.recommend(users[:3], 5)[0].items
+
+
+def test_the_learner_runs_without_faiss_below_the_ann_threshold() -> None:
+    """The GPU machine has no FAISS: exact ranking must not need it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "import torch\n"
+        "from learner.recommender import Recommender\n"
+        "from learner.types import Event, Item\n"
+        "class Enc:\n"
+        "    name, dim, device = 'e', 4, torch.device('cpu')\n"
+        "    def encode(self, texts):\n"
+        "        return torch.nn.functional.normalize(torch.rand(len(texts), 4) + 0.1, dim=-1)\n"
+        "rec = Recommender(Enc())\n"
+        "rec.upsert_items([Item(f'i{k}', f't{k}') for k in range(30)])\n"
+        "rec.learn([Event(f'e{k}', 'u', f'i{k}', 'click', None, k) for k in range(5)])\n"
+        "print(len(rec.recommend(['u'], 5)[0].items))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "5"
