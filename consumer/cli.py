@@ -32,6 +32,8 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # FAISS logs at INFO each optional SIMD build it cannot load, as a multi-line "error".
+    logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
 def _env_default(name: str, default: str) -> str:
