@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--torch-threads",
         type=int,
-        default=1,
-        help="the worker's torch threads (default: %(default)s)",
+        default=0,
+        help="the worker's torch threads, 0: one per core as the worker (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

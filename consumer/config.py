@@ -72,9 +72,9 @@ class WorkerConfig:
         choices=("none", "int8", "bf16"),
     )
     torch_threads: int = _setting(
-        1,
-        "CPU threads for torch (0: torch's default). The per-batch work is many small "
-        "operations, which more threads slow down on a busy machine",
+        0,
+        "CPU threads for torch (0: torch's default, one per core). The per-batch work is "
+        "vectorised: 2 threads ran the worker 1.3x faster than 1 on a 2-core machine",
     )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
