@@ -292,8 +292,7 @@ class Recommender:
             base = torch.arange(len(user_rows), device=self.device).unsqueeze(-1) * n
             out.append(_lookup(keys, values, base + cols))
         if self.config.trend_signal:
-            t = torch.log1p(self.trending.scores(n))
-            out.append((t / t.max().clamp(min=1e-9))[cols])
+            out.append(self._trend_signal(n)[cols])
         return torch.stack(out, dim=-1)
 
     def _queue_pairs(self, user_rows: Tensor, pos: Tensor) -> None:
@@ -382,18 +381,29 @@ class Recommender:
         n = self.items.num_rows
         out: list[Tensor] = []
         if self.cooc is not None:
-            n_recent = min(self.config.cooc_history, self.users.history_len)
-            known = torch.tensor([-1 if r is None else r for r in user_rows], dtype=torch.long)
-            hist, w = self.users.recent(known.clamp(min=0), n_recent)
-            hist[known < 0] = -1  # users without state have no history
-            recency = self.config.cooc_recency ** torch.arange(
-                n_recent - 1, -1, -1, dtype=torch.float32, device=self.device
-            )
-            out.append(self.cooc.scores_many(hist, w * recency, n))
+            out.append(self.cooc.scores_many(*self._cooc_history(user_rows), n))
         if self.config.trend_signal:
-            t = torch.log1p(self.trending.scores(n))
-            out.append((t / t.max().clamp(min=1e-9)).unsqueeze(0))
+            out.append(self._trend_signal(n).unsqueeze(0))
         return out
+
+    def _trend_signal(self, n: int) -> Tensor:
+        """The trending signal of every item row: log-scaled popularity in [0, 1]."""
+        t = torch.log1p(self.trending.scores(n))
+        return t / t.max().clamp(min=1e-9)
+
+    def _recency(self, n: int) -> Tensor:
+        """Co-occurrence weight of each of a user's last ``n`` items, oldest first:
+        ``cooc_recency^k`` for the k-th most recent."""
+        return self.config.cooc_recency ** torch.arange(
+            n - 1, -1, -1, dtype=torch.float32, device=self.device
+        )
+
+    def _cooc_history(self, user_rows: Sequence[int | None]) -> tuple[Tensor, Tensor]:
+        """Each user's last ``cooc_history`` item rows (``-1`` padded) and their weights in
+        the co-occurrence score (event weight times recency; 0 for padding)."""
+        n_recent = min(self.config.cooc_history, self.users.history_len)
+        hist, w = self.users.recent(user_rows, n_recent)
+        return hist, w * self._recency(n_recent)
 
     # -- ranking -------------------------------------------------------------------------
 
@@ -524,8 +534,7 @@ class Recommender:
         # signals is scored exactly rather than approximated wrongly.
         signals: list[Tensor | None] = [None] if self.cooc is not None else []
         if self.config.trend_signal:
-            t = torch.log1p(self.trending.scores(n))
-            signals.append(t / t.max().clamp(min=1e-9))
+            signals.append(self._trend_signal(n))
         if self.head.n_signals != len(signals):
             return self._top_exact(rows, vectors, counts, alpha, k)
         index = self._ann_index()
@@ -651,15 +660,8 @@ class Recommender:
         catalog. Mirrors ``CoOccurrence.scores_many`` term for term."""
         assert self.cooc is not None
         cooc, n, dev = self.cooc, self.items.num_rows, self.device
-        n_recent = min(self.config.cooc_history, self.users.history_len)
-        known = torch.tensor([-1 if r is None else r for r in user_rows], dtype=torch.long)
-        hist, w = self.users.recent(known.clamp(min=0), n_recent)
-        hist[known.to(hist.device) < 0] = -1  # users without state have no history
-        recency = self.config.cooc_recency ** torch.arange(
-            n_recent - 1, -1, -1, dtype=torch.float32, device=dev
-        )
+        hist, a = self._cooc_history(user_rows)
         present = hist >= 0
-        a = (w * recency) * present
         flat = present.reshape(-1).nonzero().squeeze(-1)
         hist_rows = hist.reshape(-1)[flat]
         user = flat // hist.shape[1]
@@ -685,13 +687,10 @@ class Recommender:
         rows have no history, so no ``because``. The whole batch is a few tensor operations.
         """
         b, k = item_rows.shape
-        dev = self.device
         if b == 0 or k == 0:
             return [[None] * k for _ in range(b)]
         h_len = self.users.history_len
-        known = torch.tensor([-1 if r is None else r for r in rows], dtype=torch.long)
-        hist, w_raw, ts_ms = self.users.recent(known.clamp(min=0), h_len, with_times=True)
-        hist[known.to(dev) < 0] = -1
+        hist, w_raw, ts_ms = self.users.recent(rows, h_len, with_times=True)
         present = hist >= 0
         length = present.sum(dim=1)
         newest = ts_ms.masked_fill(~present, torch.iinfo(torch.int64).min).max(dim=1).values
@@ -710,9 +709,10 @@ class Recommender:
             -1
         ) * bilinear
         if self.cooc is not None:
-            exponent = torch.arange(h_len - 1, -1, -1, device=dev)
-            recent = (exponent < self.config.cooc_history).float()
-            a = w_raw * self.config.cooc_recency ** exponent.float() * recent * present
+            # The co-occurrence weights of _cooc_history, on the newest columns of the ring.
+            n_recent = min(self.config.cooc_history, h_len)
+            a = torch.zeros_like(w_raw)
+            a[:, h_len - n_recent :] = w_raw[:, h_len - n_recent :] * self._recency(n_recent)
             sim = self.cooc.similarity_many(torch.where(a > 0, hist, -1), cols)  # (B, H, K)
             share = mix[:, 1:2] * a / a.sum(dim=1, keepdim=True).clamp(min=1e-9)
             contrib = contrib + share.unsqueeze(-1) * sim

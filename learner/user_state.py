@@ -231,24 +231,29 @@ class UserStateStore:
 
     @overload
     def recent(
-        self, rows: Tensor, n: int, *, with_times: Literal[False] = False
+        self, rows: Tensor | Sequence[int | None], n: int, *, with_times: Literal[False] = False
     ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def recent(
-        self, rows: Tensor, n: int, *, with_times: Literal[True]
+        self, rows: Tensor | Sequence[int | None], n: int, *, with_times: Literal[True]
     ) -> tuple[Tensor, Tensor, Tensor]: ...
 
     def recent(
-        self, rows: Tensor, n: int, *, with_times: bool = False
+        self, rows: Tensor | Sequence[int | None], n: int, *, with_times: bool = False
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """The last ``n`` (at most ``history_len``) items of each row, oldest to newest and
         right-aligned: ``(items, weights)`` of shape ``(len(rows), n)``, padded with item
         ``-1`` and weight 0 on the left where a user has fewer events; with ``with_times``
-        also each entry's time in ms (whole seconds)."""
+        also each entry's time in ms (whole seconds). A ``None`` row (a user without state)
+        has no entries."""
         n = min(n, self.history_len)
-        r = rows.cpu().numpy()
-        c = self._ring_counts[r]  # (B,)
+        if isinstance(rows, Tensor):
+            r = rows.cpu().numpy()
+        else:
+            r = np.array([-1 if x is None else x for x in rows], dtype=np.int64)
+        c = np.where(r >= 0, self._ring_counts[r.clip(min=0)], 0)  # (B,)
+        r = r.clip(min=0)
         k = np.arange(n) - n  # -n .. -1: offsets from the newest entry
         pos = c[:, None] + k[None, :]  # (B, n) entry numbers
         valid = pos >= 0
