@@ -689,8 +689,13 @@ class Recommender:
         b, k = item_rows.shape
         if b == 0 or k == 0:
             return [[None] * k for _ in range(b)]
-        h_len = self.users.history_len
-        hist, w_raw, ts_ms = self.users.recent(rows, h_len, with_times=True)
+        hist, w_raw, ts_ms = self.users.recent(rows, self.users.history_len, with_times=True)
+        # Histories are right-aligned: the batch's longest one bounds the columns worth scoring
+        # (most users have short histories, and the cost below is per column).
+        h_len = int((hist >= 0).sum(dim=1).max())
+        if h_len == 0:
+            return [[None] * k for _ in range(b)]
+        hist, w_raw, ts_ms = hist[:, -h_len:], w_raw[:, -h_len:], ts_ms[:, -h_len:]
         present = hist >= 0
         length = present.sum(dim=1)
         newest = ts_ms.masked_fill(~present, torch.iinfo(torch.int64).min).max(dim=1).values
