@@ -27,10 +27,19 @@ setup: $(VENV)/.ok
 $(DEPS)/.ok:
 	@echo "setup: installing dependencies into $(DEPS) (once per pyproject.toml)"
 	rm -rf $(DEPS).tmp
-	$(PYTHON) -m venv $(DEPS).tmp
-	$(DEPS).tmp/bin/pip install -q --upgrade pip
+	@# A dependency list that changed by one package should not download torch again: start
+	@# from a copy of the newest environment already cached here, if any, and let pip add the
+	@# difference. A fresh machine starts from an empty virtual environment.
+	seed="$$(ls -1dt $(FRESHREC_CACHE)/venv-*/.ok 2>/dev/null | head -1)"; \
+	if [ -n "$$seed" ]; then \
+		echo "setup: starting from a copy of $$(dirname "$$seed")"; \
+		cp -a "$$(readlink -f "$$(dirname "$$seed")")" $(DEPS).tmp; \
+	else \
+		$(PYTHON) -m venv $(DEPS).tmp; \
+	fi
+	$(DEPS).tmp/bin/python -m pip install -q --upgrade pip
 	$(DEPS_LIST) > $(DEPS).tmp/requirements.txt
-	$(DEPS).tmp/bin/pip install -r $(DEPS).tmp/requirements.txt
+	$(DEPS).tmp/bin/python -m pip install -r $(DEPS).tmp/requirements.txt
 	rm -rf $(DEPS) && mv $(DEPS).tmp $(DEPS)
 	@# venv scripts carry absolute paths; the rename above breaks them, so refer to python -m only.
 	touch $(DEPS)/.ok
