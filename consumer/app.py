@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
+from consumer.changelog import KafkaStateLog
 from consumer.codec import Limits
 from consumer.config import WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
+from consumer.exceptions import ConfigError
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import ensure_topics
 from consumer.worker import Worker
@@ -43,6 +45,7 @@ def build_recommender(config: WorkerConfig) -> Recommender:
         trending_half_life_s=config.trending_half_life_hours * 3600.0,
         history_len=config.history_len,
         max_consumed=config.max_consumed,
+        dedup_window=config.dedup_window,
         min_events=config.min_events,
         ann_min_items=config.ann_min_items,
         head=HeadConfig(
@@ -101,6 +104,7 @@ class KafkaWorker:
     source: KafkaSource
     item_feed: ItemFeed
     producer: Any
+    state_log: KafkaStateLog | None = None
 
     def close(self) -> None:
         try:
@@ -108,6 +112,8 @@ class KafkaWorker:
         finally:
             self.source.close()
             self.item_feed.close()
+            if self.state_log is not None:
+                self.state_log.close()
             self.producer.close(timeout=10)
 
 
@@ -134,18 +140,19 @@ def build_worker(
     recommender = recommender or build_recommender(config)
     producer = kafka_producer(config)
 
+    # The listener runs on the consumer's event loop: it only counts and hands the news to the
+    # worker, which restores or lets go of users between polls (``worker`` is bound below).
     def on_assign(tps: list[TopicPartitionKey]) -> None:
         metrics.rebalances.labels(kind="assign").inc()
         metrics.assigned_partitions.set(len(tps))
+        worker.on_assign(tps)
 
     def on_revoke(tps: list[TopicPartitionKey]) -> None:
-        # Offsets are committed at the end of every batch, after its publish, so nothing
-        # processed is uncommitted here; flush any stray sends so the new owner sees them.
+        # Offsets are committed at the end of every batch, after its publish and its state
+        # are durable, so nothing processed is uncommitted here.
         metrics.rebalances.labels(kind="revoke").inc()
-        try:
-            producer.flush(timeout=10)
-        finally:
-            metrics.assigned_partitions.set(0)
+        metrics.assigned_partitions.set(0)
+        worker.on_revoke(tps)
 
     events_consumer = _consumer(
         config,
@@ -156,6 +163,10 @@ def build_worker(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
     item_feed = ItemFeed(_consumer(config, group_id=None), config.items_topic)
+    state_log = None
+    if config.state_changelog:
+        state_log = KafkaStateLog(producer, _consumer(config, group_id=None), config.state_topic)
+        _check_partitions(state_log.consumer, config)
     worker = Worker(
         source=source,
         recommender=recommender,
@@ -167,5 +178,23 @@ def build_worker(
         poll_timeout_ms=config.poll_timeout_ms,
         top_k=config.top_k,
         limits=Limits(config.max_event_bytes, config.max_id_bytes, config.max_future_ms),
+        state_log=state_log,
     )
-    return KafkaWorker(config, worker, source, item_feed, producer)
+    return KafkaWorker(config, worker, source, item_feed, producer, state_log)
+
+
+def _check_partitions(consumer: Any, config: WorkerConfig) -> None:
+    """The state topic must have as many partitions as the events topic: a user's state lives
+    in the partition number of its events."""
+    events = consumer.partitions_for_topic(config.events_topic) or set()
+    state = consumer.partitions_for_topic(config.state_topic) or set()
+    if not state:
+        raise ConfigError(
+            f"state topic {config.state_topic!r} does not exist: create it (compacted, "
+            f"{len(events) or config.partitions} partitions) or pass --state-changelog false"
+        )
+    if events and len(events) != len(state):
+        raise ConfigError(
+            f"{config.state_topic!r} has {len(state)} partitions but {config.events_topic!r} "
+            f"has {len(events)}: they must match"
+        )

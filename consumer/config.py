@@ -86,6 +86,16 @@ class WorkerConfig:
         10_000,
         "older consumed items per user still excluded from lists (4 bytes each; bounds memory)",
     )
+    dedup_window: int = _setting(
+        16,
+        "ids of each user's last N events remembered (8 bytes each) so that a re-delivered "
+        "event is a no-op (0: off)",
+    )
+    state_changelog: bool = _setting(
+        True,
+        "write every user's state to the compacted state topic and restore a partition's "
+        "users from it when the partition is assigned (off: state lives in memory only)",
+    )
     head_rank: int = _setting(32, "rank of the head's low-rank W = I + U Vᵀ")
     head_lr: float = _setting(0.003, "Adam learning rate of the head")
     item_lr: float = _setting(0.05, "SGD learning rate of the per-item offsets and biases")
@@ -120,6 +130,10 @@ class WorkerConfig:
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}events.dlq"
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.topic_prefix}state.users"
 
 
 def _parse_bool(text: str) -> bool:

@@ -20,7 +20,8 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     Examples
     --------
     >>> sorted(topic_specs(WorkerConfig(partitions=4)))
-    ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.recommendations']
+    ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.recommendations', \
+'freshrec.state.users']
     """
     # Dead letters keep the original record, which may be as large as max_event_bytes.
     dlq_bytes = str(config.max_event_bytes + (64 << 10))
@@ -29,6 +30,8 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
         config.items_topic: (config.partitions, dict(_COMPACTED)),
         config.recommendations_topic: (config.partitions, dict(_COMPACTED)),
         config.dlq_topic: (1, {"max.message.bytes": dlq_bytes}),
+        # Partition p holds the state of the users of events partition p: same count.
+        config.state_topic: (config.partitions, dict(_COMPACTED)),
     }
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError
@@ -66,6 +67,12 @@ class _Batch:
     rejected: int
     offsets: dict[TopicPartitionKey, int]
 
+    def partition_of_users(self) -> dict[str, int]:
+        """The partition each user's events of this batch came from."""
+        return {
+            ev.user_id: rec.partition for ev, rec in zip(self.events, self.records, strict=True)
+        }
+
 
 class Worker:
     """Turns micro-batches of event records into published recommendations.
@@ -92,6 +99,7 @@ class Worker:
         top_k: int = 10,
         limits: Limits | None = None,
         on_published: Callable[[Sequence[UserRecommendation]], None] | None = None,
+        state_log: StateLog | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -104,6 +112,11 @@ class Worker:
         self.top_k = top_k
         self.limits = limits or Limits()
         self.on_published = on_published
+        self.state_log = state_log
+        # Rebalance news from the consumer's listener, applied by the loop between polls (the
+        # listener must not block: it runs on the client's event loop, heartbeats included).
+        self._rebalances: list[tuple[str, list[TopicPartitionKey]]] = []
+        self._rebalance_lock = threading.Lock()
         self.hit_rate = HitRateTracker()
         self._stop = threading.Event()
         self.ready = False
@@ -125,6 +138,47 @@ class Worker:
         self.metrics.ready.set(1)
         log.info("catalog loaded: %d live items", len(self.recommender.items))
         return changes
+
+    def on_assign(self, tps: Sequence[TopicPartitionKey]) -> None:
+        """Listener hook: restore these partitions' users before their first record."""
+        with self._rebalance_lock:
+            self._rebalances.append(("assign", list(tps)))
+
+    def on_revoke(self, tps: Sequence[TopicPartitionKey]) -> None:
+        """Listener hook: forget these partitions' users (their new owner restores them).
+        Every processed batch was committed and its state written before this can happen."""
+        with self._rebalance_lock:
+            self._rebalances.append(("revoke", list(tps)))
+
+    def _apply_rebalances(self) -> None:
+        with self._rebalance_lock:
+            news, self._rebalances = self._rebalances, []
+        if self.state_log is None:
+            return  # without a changelog, users' state stays where it is
+        users = self.recommender.users
+        for kind, tps in news:
+            partitions = sorted({p for _, p in tps})
+            if kind == "revoke":
+                dropped = users.remove(users.users_of_shards(partitions))
+                log.info("revoked partitions %s: %d users let go", partitions, dropped)
+            else:
+                self.restore(partitions)
+
+    def restore(self, partitions: Sequence[int]) -> int:
+        """Rebuild the users of ``partitions`` from the state changelog; returns how many."""
+        assert self.state_log is not None
+        total = 0
+        start = time.perf_counter()
+        for partition, snapshots in self.state_log.restore(partitions):
+            restored = self.recommender.restore_users(snapshots, shard=partition)
+            seconds = time.perf_counter() - start
+            self.metrics.state_restore_seconds.observe(seconds)
+            self.metrics.state_restored_users.inc(restored)
+            log.info("partition %d: %d users restored in %.2fs", partition, restored, seconds)
+            total += restored
+            start = time.perf_counter()
+        self.metrics.users_in_state.set(len(self.recommender.users))
+        return total
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -159,6 +213,9 @@ class Worker:
         self.last_step_monotonic = time.monotonic()
         item_changes = self._poll_items()
         records = self.source.poll(self.poll_timeout_ms, self.batch_size)
+        if self._rebalances:
+            with self._timed("restore"):
+                self._apply_rebalances()
         self._update_lag()
         if not records:
             return StepReport(item_changes=item_changes)
@@ -172,6 +229,8 @@ class Worker:
             recs = self._rank(batch.events)
         with self._timed("publish"):
             self._publish(recs, batch)
+        with self._timed("state"):
+            self._write_state(batch)
         with self._timed("commit"):
             self.source.commit(batch.offsets)
         self.batches += 1
@@ -256,6 +315,8 @@ class Worker:
             self.metrics.drift_detected.inc()
             log.warning("drift detected in the online hit rate (now %.3f)", self.hit_rate.rate)
         report = self.recommender.learn(batch.events)
+        if report.duplicates:
+            self.metrics.events_duplicate.inc(report.duplicates)
         if report.trained_pairs:
             self.metrics.head_steps.inc()
             self.metrics.train_loss.set(report.loss)
@@ -282,6 +343,20 @@ class Worker:
         self.metrics.set_model_version(self.recommender.model_version)
         if self.on_published is not None:
             self.on_published(recs)
+
+    def _write_state(self, batch: _Batch) -> None:
+        """Write the batch's users' new state to the changelog and wait until it is durable:
+        the commit that follows must never get ahead of the state it implies."""
+        if self.state_log is None or not batch.events:
+            return
+        partition_of = batch.partition_of_users()
+        snapshots = self.recommender.snapshot_users(list(partition_of))
+        parts = [partition_of[s.user_id] for s in snapshots]
+        users = self.recommender.users
+        users.set_shard(users.rows_for([s.user_id for s in snapshots]), parts)
+        self.state_log.write(snapshots, parts)
+        self.state_log.flush()
+        self.metrics.state_records_written.inc(len(snapshots))
 
     def _update_lag(self) -> None:
         for (topic, partition), lag in self.source.lag().items():

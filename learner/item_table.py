@@ -71,6 +71,10 @@ class ItemTable:
         row = self._rows.get(item_id)
         return row if row is not None and bool(self.active[row]) else None
 
+    def row_any(self, item_id: str) -> int | None:
+        """The row of an item live or deleted (rows are never reused), or None if never seen."""
+        return self._rows.get(item_id)
+
     def upsert(self, item_ids: Sequence[str], embeddings: Tensor) -> Tensor:
         """Add new items or replace the embeddings of known ones; returns their rows."""
         rows = []

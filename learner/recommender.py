@@ -38,7 +38,7 @@ from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
 from learner.types import Event, Item, ScoredItem, Strategy, UserRecommendation
-from learner.user_state import EventWeights, UserStateStore
+from learner.user_state import EventWeights, UserSnapshot, UserStateStore, event_id_hash
 
 __all__ = ["Encoder", "LearnReport", "ModelConfig", "Recommender"]
 
@@ -78,6 +78,9 @@ class ModelConfig:
     # Consumed items older than the history ring that are still never recommended again, per
     # user (4 bytes each): bounds a heavy user's memory.
     max_consumed: int = 10_000
+    # Ids of each user's last this-many events are remembered (8 bytes each): an event seen
+    # again among them is a no-op, so re-delivery after a restart does not count twice.
+    dedup_window: int = 16
     min_events: int = 3
     train: bool = True
     # Item-to-item co-occurrence: on/off, neighbours kept per item, history items paired.
@@ -116,6 +119,8 @@ class LearnReport:
     trained_pairs: int
     loss: float
     unknown_items: tuple[str, ...] = ()
+    # Events whose id the user's state had already folded in (skipped, not learned twice).
+    duplicates: int = 0
 
 
 class Recommender:
@@ -135,6 +140,7 @@ class Recommender:
             half_life_s=self.config.user_half_life_s,
             history_len=self.config.history_len,
             max_consumed=self.config.max_consumed,
+            dedup_window=self.config.dedup_window,
             device=self.device,
         )
         init: list[float] = []
@@ -191,20 +197,31 @@ class Recommender:
     def learn(self, events: Sequence[Event]) -> LearnReport:
         """Learn from a micro-batch: one BPR step on pre-batch user state, then fold it in.
 
-        Events naming an item that is not in the catalog are skipped and reported.
+        Events naming an item that is not in the catalog are skipped and reported; so are
+        events whose id the user's state already holds (re-deliveries), as ``duplicates``.
         """
+        hashes = [event_id_hash(ev.event_id) for ev in events]
+        repeat = self.users.seen([self.users.row(ev.user_id) for ev in events], hashes)
+        if self.config.dedup_window:
+            in_batch: set[tuple[str, int]] = set()
+            for n, (ev, eh) in enumerate(zip(events, hashes, strict=True)):
+                repeat[n] = repeat[n] or (ev.user_id, eh) in in_batch
+                in_batch.add((ev.user_id, eh))
         known: list[Event] = []
+        known_hashes: list[int] = []
         unknown: list[str] = []
         item_rows: list[int] = []
-        for ev in events:
+        for ev, eh, dup in zip(events, hashes, repeat, strict=True):
             row = self.items.find(ev.item_id)
             if row is None:
                 unknown.append(ev.item_id)
-            else:
+            elif not dup:
                 known.append(ev)
+                known_hashes.append(eh)
                 item_rows.append(row)
+        duplicates = sum(repeat)
         if not known:
-            return LearnReport(0, 0, 0.0, tuple(unknown))
+            return LearnReport(0, 0, 0.0, tuple(unknown), duplicates)
         dev = self.device
         user_rows = self.users.rows_for([ev.user_id for ev in known])
         items = torch.tensor(item_rows, dtype=torch.long, device=dev)
@@ -223,9 +240,26 @@ class Recommender:
         if self.cooc is not None:
             self._observe_cooccurrence(known, user_rows, items, weights)
         x = self.items.embeddings[items] + self.head.delta[items]  # e_v + δ_v of these rows
-        self.users.fold(user_rows, items, x, weights, ts)
+        self.users.fold(user_rows, items, x, weights, ts, event_hashes=known_hashes)
         self.trending.observe(items, weights, ts)
-        return LearnReport(len(known), pairs, loss, tuple(unknown))
+        return LearnReport(len(known), pairs, loss, tuple(unknown), duplicates)
+
+    # -- user state in and out (the changelog) -------------------------------------------
+
+    def snapshot_users(self, user_ids: Sequence[str]) -> list[UserSnapshot]:
+        """The state of each known user in ``user_ids``, with item ids (not rows)."""
+        ids = self.items.ids
+        return [
+            self.users.snapshot(uid, lambda r: ids[r] if r < len(ids) else None)
+            for uid in dict.fromkeys(user_ids)
+            if uid in self.users
+        ]
+
+    def restore_users(self, snapshots: Sequence[UserSnapshot], shard: int = -1) -> int:
+        """Replace (or create) users' state from snapshots; returns how many."""
+        for snap in snapshots:
+            self.users.restore(snap, self.items.row_any, shard)
+        return len(snapshots)
 
     def _personal_scores(self, vectors: Tensor, counts: Tensor, signals: list[Tensor]) -> Tensor:
         """The head's score of every item row for each user (no blending, no masking)."""

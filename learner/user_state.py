@@ -7,8 +7,9 @@ vector. A whole micro-batch folds in with one ``index_add_``.
 
 from __future__ import annotations
 
+import hashlib
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
@@ -16,7 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["EventWeights", "HistoryEntry", "UserStateStore", "decay"]
+__all__ = [
+    "EventWeights",
+    "HistoryEntry",
+    "UserSnapshot",
+    "UserStateStore",
+    "decay",
+    "event_id_hash",
+]
 
 # History times are kept as int32 seconds since 2000-01-01 (good from 1932 to 2068).
 _EPOCH_S = 946_684_800
@@ -62,6 +70,36 @@ class EventWeights:
         return base
 
 
+def event_id_hash(event_id: str) -> int:
+    """A stable, non-zero 64-bit signed hash of an event id (0 marks an empty dedup slot).
+
+    Examples
+    --------
+    >>> event_id_hash("e1") == event_id_hash("e1") != event_id_hash("e2")
+    True
+    """
+    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
+@dataclass(frozen=True)
+class UserSnapshot:
+    """One user's whole state, free of this process's item rows: what the changelog carries.
+
+    ``history`` is ``(item_id, weight, ts_ms)`` oldest first; ``consumed`` the older consumed
+    item ids that left the history; ``seen`` the hashes of the ids of the user's last events
+    (oldest first) that make a re-delivered event a no-op.
+    """
+
+    user_id: str
+    vector: bytes  # the un-normalised vector, float32 little-endian
+    last_ts_ms: int
+    count: int
+    history: tuple[tuple[str, float, int], ...]
+    consumed: tuple[str, ...] = ()
+    seen: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One remembered interaction: which item row, with what weight, when."""
@@ -80,6 +118,11 @@ class UserStateStore:
     out of the ring are still "consumed" (never recommended again): they spill into a compact
     int32 array for that user only, bounded by ``max_consumed``. There are no per-event Python
     objects, so state costs the same bytes per user however long the worker runs.
+
+    Each user also remembers the hashes of its last ``dedup_window`` event ids (8 bytes each),
+    so that an event delivered again (a restart replaying uncommitted records, a producer
+    retry) is recognised by :meth:`seen` and not folded twice, and a ``shard`` tag (the
+    partition its events come from) so a worker can let go of a partition's users at once.
 
     Examples
     --------
@@ -107,6 +150,7 @@ class UserStateStore:
         device: torch.device | str = "cpu",
         capacity: int = 1024,
         max_consumed: int = 10_000,
+        dedup_window: int = 16,
     ) -> None:
         if history_len < 1:
             raise ValueError(f"history_len must be >= 1, got {history_len}")
@@ -114,6 +158,7 @@ class UserStateStore:
         self.half_life_s = half_life_s
         self.history_len = history_len
         self.max_consumed = max_consumed
+        self.dedup_window = dedup_window
         self.device = torch.device(device)
         self.vectors = torch.zeros((capacity, dim), device=self.device)
         self.last_ts_ms = torch.zeros(capacity, dtype=torch.int64, device=self.device)
@@ -126,6 +171,10 @@ class UserStateStore:
         self._ring_counts = np.zeros(capacity, dtype=np.int64)
         # Consumed items that left the ring, per user (only users with more events than the ring).
         self._spilled: dict[int, array[int]] = {}
+        # Hashes of the last event ids (slot = event number % window; 0 = empty) and shard tags.
+        self._seen = np.zeros((capacity, max(1, dedup_window)), dtype=np.int64)
+        self._shard = np.full(capacity, -1, dtype=np.int16)
+        self._free: list[int] = []  # rows of removed users, reused first
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -142,7 +191,7 @@ class UserStateStore:
         for uid in user_ids:
             row = self._rows.get(uid)
             if row is None:
-                row = len(self._rows)
+                row = self._free.pop() if self._free else len(self._rows)
                 self._ensure_capacity(row + 1)
                 self._rows[uid] = row
             out.append(row)
@@ -160,6 +209,8 @@ class UserStateStore:
         self._ring_weights = _grow_np(self._ring_weights, new_cap, 0)
         self._ring_ts_s = _grow_np(self._ring_ts_s, new_cap, 0)
         self._ring_counts = _grow_np(self._ring_counts, new_cap, 0)
+        self._seen = _grow_np(self._seen, new_cap, 0)
+        self._shard = _grow_np(self._shard, new_cap, -1)
 
     def fold(
         self,
@@ -168,8 +219,12 @@ class UserStateStore:
         item_vectors: Tensor,
         weights: Tensor,
         ts_ms: Tensor,
+        event_hashes: Sequence[int] | None = None,
     ) -> None:
         """Fold a batch of events into user state, exactly as folding them one by one would.
+
+        ``event_hashes`` (:func:`event_id_hash` of each event's id) are remembered for
+        :meth:`seen`; callers drop the events it reports before folding.
 
         Each touched user is decayed to its newest time ``T`` (its previous newest or the
         newest event of the batch), and each event adds ``weight * 2^(-(T - ts)/half_life)``
@@ -195,15 +250,22 @@ class UserStateStore:
         self.vectors.index_add_(0, user_rows, item_vectors * w.to(self.vectors.dtype).unsqueeze(-1))
         self.last_ts_ms[touched] = newest
         self.counts.index_add_(0, user_rows, torch.ones_like(user_rows))
-        self._append(user_rows.tolist(), item_rows.tolist(), weights.tolist(), ts_ms.tolist())
+        users = user_rows.tolist()
+        hashes = list(event_hashes) if event_hashes is not None else [0] * len(users)
+        self._append(users, item_rows.tolist(), weights.tolist(), ts_ms.tolist(), hashes)
 
     def _append(
-        self, users: list[int], items: list[int], weights: list[float], ts_ms: list[int]
+        self,
+        users: list[int],
+        items: list[int],
+        weights: list[float],
+        ts_ms: list[int],
+        hashes: list[int],
     ) -> None:
         """Write events into the history rings in order, spilling what they push out."""
-        h = self.history_len
+        h, window = self.history_len, self._seen.shape[1]
         ring_items, ring_counts = self._ring_items, self._ring_counts
-        for u, i, wt, t in zip(users, items, weights, ts_ms, strict=True):
+        for u, i, wt, t, eh in zip(users, items, weights, ts_ms, hashes, strict=True):
             c = int(ring_counts[u])
             slot = c % h
             if c >= h:
@@ -211,7 +273,141 @@ class UserStateStore:
             ring_items[u, slot] = i
             self._ring_weights[u, slot] = wt
             self._ring_ts_s[u, slot] = t // 1000 - _EPOCH_S
+            if self.dedup_window:
+                self._seen[u, c % window] = eh
             ring_counts[u] = c + 1
+
+    # -- re-delivered events ---------------------------------------------------------------
+
+    def seen(self, rows: Sequence[int | None], hashes: Sequence[int]) -> list[bool]:
+        """Whether each event (its user's row, its :func:`event_id_hash`) is among the user's
+        last ``dedup_window`` folded events (a ``None`` row, a user without state: never).
+
+        Examples
+        --------
+        >>> store = UserStateStore(dim=1, half_life_s=1.0, dedup_window=2)
+        >>> rows = store.rows_for(["u"])
+        >>> store.fold(rows, torch.tensor([0]), torch.ones(1, 1), torch.ones(1),
+        ...            torch.tensor([0]), event_hashes=[11])
+        >>> store.seen([rows.item(), rows.item(), None], [11, 12, 11])
+        [True, False, False]
+        """
+        if not self.dedup_window:
+            return [False] * len(hashes)
+        return [
+            row is not None and bool((self._seen[row] == eh).any())
+            for row, eh in zip(rows, hashes, strict=True)
+        ]
+
+    # -- shards, removal, snapshots ---------------------------------------------------------
+
+    def set_shard(self, rows: Tensor | Sequence[int], shard: Sequence[int]) -> None:
+        """Tag rows with the shard (Kafka partition) their events come from."""
+        r = rows.cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows, dtype=np.int64)
+        self._shard[r] = np.asarray(shard, dtype=np.int16)
+
+    def users_of_shards(self, shards: Sequence[int]) -> list[str]:
+        """The user ids tagged with any of ``shards``."""
+        wanted = np.isin(self._shard, np.asarray(shards, dtype=np.int16))
+        return [uid for uid, row in self._rows.items() if wanted[row]]
+
+    def remove(self, user_ids: Sequence[str]) -> int:
+        """Forget users entirely (their rows are reused); returns how many were known."""
+        removed = 0
+        for uid in user_ids:
+            row = self._rows.pop(uid, None)
+            if row is None:
+                continue
+            self._clear_row(row)
+            self._free.append(row)
+            removed += 1
+        return removed
+
+    def _clear_row(self, row: int) -> None:
+        self.vectors[row] = 0
+        self.last_ts_ms[row] = 0
+        self.counts[row] = 0
+        self._ring_items[row] = -1
+        self._ring_weights[row] = 0
+        self._ring_ts_s[row] = 0
+        self._ring_counts[row] = 0
+        self._seen[row] = 0
+        self._shard[row] = -1
+        self._spilled.pop(row, None)
+
+    def snapshot(self, user_id: str, item_id: Callable[[int], str | None]) -> UserSnapshot:
+        """The user's state with item rows turned into ids by ``item_id`` (``None``: the row
+        holds no item any more, and the entry is left out)."""
+        row = self._rows[user_id]
+        history = []
+        for entry in self.history_of_row(row):
+            iid = item_id(entry.item_row) if entry.item_row >= 0 else None
+            if iid is not None:
+                history.append((iid, entry.weight, entry.ts_ms))
+        consumed = [iid for r in self._spilled.get(row, ()) if (iid := item_id(r)) is not None]
+        c, window = int(self._ring_counts[row]), self._seen.shape[1]
+        seen = [int(self._seen[row, n % window]) for n in range(max(0, c - window), c)]
+        return UserSnapshot(
+            user_id=user_id,
+            vector=self.vectors[row].cpu().numpy().astype("<f4").tobytes(),
+            last_ts_ms=int(self.last_ts_ms[row]),
+            count=int(self.counts[row]),
+            history=tuple(history),
+            consumed=tuple(consumed),
+            seen=tuple(h for h in seen if h) if self.dedup_window else (),
+        )
+
+    def restore(
+        self, snapshot: UserSnapshot, item_row: Callable[[str], int | None], shard: int = -1
+    ) -> int:
+        """Replace (or create) a user's state from a snapshot; item ids are mapped to rows by
+        ``item_row`` (unknown ids are left out). Returns the user's row.
+
+        Examples
+        --------
+        >>> a = UserStateStore(dim=2, half_life_s=3600.0, history_len=2)
+        >>> rows = a.rows_for(["u", "u", "u"])
+        >>> a.fold(rows, torch.tensor([0, 1, 2]), torch.eye(3)[:, :2], torch.ones(3),
+        ...        torch.tensor([0, 0, 0]), event_hashes=[1, 2, 3])
+        >>> snap = a.snapshot("u", lambda r: "abc"[r])
+        >>> snap.history, snap.consumed, snap.count
+        ((('b', 1.0, 0), ('c', 1.0, 0)), ('a',), 3)
+        >>> b = UserStateStore(dim=2, half_life_s=3600.0, history_len=2)
+        >>> row = b.restore(snap, "abc".index)
+        >>> b.snapshot("u", lambda r: "abc"[r]) == snap
+        True
+        """
+        vector = np.frombuffer(snapshot.vector, dtype="<f4")
+        if vector.shape != (self.dim,):
+            raise ValueError(
+                f"snapshot of {snapshot.user_id!r} has {vector.size} dims, not {self.dim}"
+            )
+        row = int(self.rows_for([snapshot.user_id])[0])
+        self._clear_row(row)
+        self.vectors[row] = torch.from_numpy(vector.astype(np.float32))
+        self.last_ts_ms[row] = snapshot.last_ts_ms
+        self.counts[row] = snapshot.count
+        h, count = self.history_len, snapshot.count
+        entries = snapshot.history[-h:]
+        # Entry numbers as if the events had been folded here: the newest is count - 1.
+        for n, (iid, weight, ts_ms) in zip(
+            range(count - len(entries), count), entries, strict=True
+        ):
+            slot = n % h
+            self._ring_items[row, slot] = -1 if (r := item_row(iid)) is None else r
+            self._ring_weights[row, slot] = weight
+            self._ring_ts_s[row, slot] = ts_ms // 1000 - _EPOCH_S
+        self._ring_counts[row] = count
+        spilled = [r for iid in snapshot.consumed if (r := item_row(iid)) is not None]
+        if spilled:
+            self._spilled[row] = array("i", spilled[-self.max_consumed :])
+        if self.dedup_window:
+            window = self._seen.shape[1]
+            seen = snapshot.seen[-window:]
+            for n, eh in zip(range(count - len(seen), count), seen, strict=True):
+                self._seen[row, n % window] = eh
+        self._shard[row] = shard
+        return row
 
     def _spill(self, row: int, item: int) -> None:
         spilled = self._spilled.get(row)

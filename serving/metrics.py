@@ -113,6 +113,27 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("freshrec_ready", "1 when the worker serves traffic", registry=r)
+        self.events_duplicate = Counter(
+            "freshrec_events_duplicate_total",
+            "Events whose id the user's state already held (re-deliveries; no-ops)",
+            registry=r,
+        )
+        self.state_restore_seconds = Histogram(
+            "freshrec_state_restore_seconds",
+            "Time to restore an assigned partition's users from the state changelog",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.state_restored_users = Counter(
+            "freshrec_state_restored_users_total",
+            "Users restored from the state changelog",
+            registry=r,
+        )
+        self.state_records_written = Counter(
+            "freshrec_state_records_written_total",
+            "User-state records written to the changelog",
+            registry=r,
+        )
 
     def set_model_version(self, version: str) -> None:
         self.model_version.clear()

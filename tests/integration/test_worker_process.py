@@ -112,7 +112,7 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
     assert sorted(letter.value for letter in letters) == sorted(bad)
 
     # Every event after the restart took effect: each user's last list excludes those items.
-    # (User state itself does not survive a restart yet: that is the changelog of issue 5.)
+    # (That user state itself survives restarts is test_state_recovery.py's subject.)
     touched: dict[str, set[str]] = defaultdict(set)
     for ev in second:
         touched[ev.user_id].add(ev.item_id)

@@ -1,0 +1,211 @@
+"""Specifications of user state that survives: snapshots, the changelog, restore on assignment,
+and re-delivered events as no-ops (DESIGN §5), over in-memory edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from consumer.changelog import InMemoryStateLog, decode_state, encode_state
+from consumer.source import InMemorySource, Record
+from learner.recommender import Recommender
+from learner.user_state import UserSnapshot, UserStateStore, event_id_hash
+from serving.exceptions import PublishError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def all_snapshots(rec: Recommender) -> dict[str, UserSnapshot]:
+    users = list(rec.users._rows)
+    return {s.user_id: s for s in rec.snapshot_users(users)}
+
+
+def stream(event_record: Callable[..., Record], n: int, users: int = 4) -> list[Record]:
+    """``n`` events of ``users`` users over 2 partitions (user k always in partition k % 2)."""
+    items = "abcdefgh"
+    return [
+        event_record(i, partition=(i % users) % 2, user=f"u{i % users}", item=items[i * 3 % 8])
+        for i in range(n)
+    ]
+
+
+# -- the record ----------------------------------------------------------------------------
+
+
+def test_a_state_record_round_trips_exactly() -> None:
+    snap = UserSnapshot(
+        "ü-1",
+        np.arange(4, dtype="<f4").tobytes(),
+        1_700_000_000_000,
+        3,
+        (("a", 1.0, 1_700_000_000_000), ("b", 0.25, 1_700_000_001_000)),
+        ("old",),
+        (5, -7),
+    )
+    assert decode_state(encode_state(snap)) == snap
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 2}), msgpack.packb({"v": 1})],
+    ids=["not-msgpack", "not-a-map", "future-version", "missing-fields"],
+)
+def test_an_unreadable_state_record_is_a_value_error(value: bytes) -> None:
+    with pytest.raises(ValueError, match="unreadable user-state record"):
+        decode_state(value)
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+def test_restoring_a_snapshot_into_an_empty_store_gives_the_same_state() -> None:
+    a = UserStateStore(dim=3, half_life_s=3600.0, history_len=4, dedup_window=3)
+    rows = a.rows_for(["u"] * 6)
+    a.fold(
+        rows,
+        torch.arange(6),
+        torch.rand(6, 3),
+        torch.ones(6),
+        torch.arange(6) * 60_000,
+        event_hashes=[event_id_hash(f"e{k}") for k in range(6)],
+    )
+    names = [f"i{r}" for r in range(6)]
+    snap = a.snapshot("u", names.__getitem__)
+    b = UserStateStore(dim=3, half_life_s=3600.0, history_len=4, dedup_window=3)
+    b.restore(snap, lambda iid: int(iid[1:]))
+    assert b.snapshot("u", names.__getitem__) == snap
+    assert torch.equal(b.vectors[0], a.vectors[0])
+    assert b.consumed("u") == a.consumed("u") == set(range(6))
+    assert b.seen([0, 0, 0], [event_id_hash("e5"), event_id_hash("e3"), event_id_hash("e2")]) == [
+        True,
+        True,
+        False,  # older than the window of 3
+    ]
+
+
+def test_a_removed_users_row_is_reused_empty() -> None:
+    store = UserStateStore(dim=2, half_life_s=3600.0)
+    rows = store.rows_for(["a", "b"])
+    store.fold(rows, torch.tensor([0, 1]), torch.ones(2, 2), torch.ones(2), torch.zeros(2))
+    assert store.remove(["a", "nobody"]) == 1
+    assert "a" not in store and len(store) == 1
+    (row,) = store.rows_for(["c"]).tolist()
+    assert row == int(rows[0])
+    assert store.event_count("c") == 0 and store.consumed("c") == set()
+    assert float(store.vectors[row].abs().sum()) == 0.0
+
+
+# -- re-delivered events ---------------------------------------------------------------------
+
+
+def test_an_event_learned_twice_changes_nothing_the_second_time(
+    make_recommender: Callable[..., Recommender], make_event: Callable[..., Any]
+) -> None:
+    rec = make_recommender()
+    first = [make_event("u1", "a"), make_event("u1", "b"), make_event("u2", "c")]
+    rec.learn(first)
+    before = all_snapshots(rec)
+    report = rec.learn([first[1], first[2]])
+    assert report.duplicates == 2 and report.events == 0
+    assert all_snapshots(rec) == before
+
+
+def test_the_same_event_id_twice_in_one_batch_counts_once(
+    make_recommender: Callable[..., Recommender], make_event: Callable[..., Any]
+) -> None:
+    rec = make_recommender()
+    ev = make_event("u1", "a")
+    report = rec.learn([ev, ev])
+    assert (report.events, report.duplicates) == (1, 1)
+    assert rec.users.event_count("u1") == 1
+
+
+# -- the worker and the changelog ------------------------------------------------------------
+
+
+def test_every_processed_users_state_is_in_the_changelog_before_the_commit(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    state = InMemoryStateLog()
+    rig = make_worker(stream(event_record, 12), state_log=state, batch_size=5)
+    rig.worker.run(until=lambda: rig.source.exhausted)
+    logged = {uid: decode_state(v) for p in state.partitions.values() for uid, v in p.items()}
+    assert logged == all_snapshots(rig.worker.recommender)
+    assert set(state.partitions[0]) == {"u0", "u2"} and set(state.partitions[1]) == {"u1", "u3"}
+    assert rig.source.committed == {("freshrec.events", 0): 11, ("freshrec.events", 1): 12}
+    assert rig.sample("freshrec_state_records_written_total") == state.writes
+
+
+def test_a_new_worker_restores_its_partitions_users_identically(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    state = InMemoryStateLog()
+    first = make_worker(stream(event_record, 20), state_log=state, batch_size=7)
+    first.worker.run(until=lambda: first.source.exhausted)
+    second = make_worker([], state_log=state)
+    second.worker.on_assign([("freshrec.events", 0), ("freshrec.events", 1)])
+    second.worker.step()
+    assert all_snapshots(second.worker.recommender) == all_snapshots(first.worker.recommender)
+    assert second.sample("freshrec_state_restored_users_total") == 4
+    assert second.sample("freshrec_state_restore_seconds_count") == 2
+
+
+def test_records_delivered_again_after_a_restart_are_no_ops(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    """A crash after the state was written but before the commit replays the batch."""
+    records = stream(event_record, 10)
+    state = InMemoryStateLog()
+    first = make_worker(records, state_log=state, batch_size=10)
+    first.worker.run(until=lambda: first.source.exhausted)
+    again = make_worker(records[4:], state_log=state, batch_size=10)
+    again.worker.on_assign([("freshrec.events", 0), ("freshrec.events", 1)])
+    again.worker.run(until=lambda: again.source.exhausted)
+    assert all_snapshots(again.worker.recommender) == all_snapshots(first.worker.recommender)
+    assert again.sample("freshrec_events_duplicate_total") == 6
+    assert again.sample("freshrec_events_processed_total") == 6  # processed, as no-ops
+
+
+def test_a_revoked_partitions_users_are_let_go_and_come_back_on_assignment(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    state = InMemoryStateLog()
+    rig = make_worker(stream(event_record, 8), state_log=state, batch_size=8)
+    rig.worker.run(until=lambda: rig.source.exhausted)
+    before = all_snapshots(rig.worker.recommender)
+    rig.worker.on_revoke([("freshrec.events", 1)])
+    rig.worker.step()
+    assert set(rig.worker.recommender.users._rows) == {"u0", "u2"}
+    rig.worker.on_assign([("freshrec.events", 1)])
+    rig.worker.step()
+    assert all_snapshots(rig.worker.recommender) == before
+
+
+def test_without_a_changelog_a_revoke_keeps_users_in_memory(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    rig = make_worker(stream(event_record, 8), batch_size=8)
+    rig.worker.run(until=lambda: rig.source.exhausted)
+    rig.worker.on_revoke([("freshrec.events", 1)])
+    rig.worker.step()
+    assert len(rig.worker.recommender.users) == 4
+
+
+class FailingStateLog(InMemoryStateLog):
+    def flush(self) -> None:
+        raise PublishError("broker gone")
+
+
+def test_offsets_are_not_committed_when_the_state_cannot_be_written(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    source = InMemorySource(stream(event_record, 4))
+    rig = make_worker(source=source, state_log=FailingStateLog(), batch_size=4)
+    with pytest.raises(PublishError):
+        rig.worker.step()
+    assert source.committed == {}
