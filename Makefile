@@ -20,7 +20,7 @@ KAFKA := deploy/kafka/local-kafka.sh
 TEST_KAFKA_PORT ?= 19092
 DURATION ?=
 
-.PHONY: setup run test unit integration kafka-start kafka-stop lint clean
+.PHONY: setup run test test-reliability unit integration kafka-start kafka-stop lint clean
 
 setup: $(VENV)/.ok
 
@@ -63,12 +63,21 @@ run: setup
 	FRESHREC_DURATION=$(DURATION) deploy/run-local.sh
 
 # The whole suite: unit tests and doctests, then integration tests against a real broker that
-# this target starts on $(TEST_KAFKA_PORT) and stops again, whatever the tests' outcome.
+# this target starts on $(TEST_KAFKA_PORT) and stops again, whatever the tests' outcome. The
+# fault tests that kill, freeze and restart worker processes (marked `reliability`, minutes
+# each) run in `make test-reliability`; CI runs both.
 test: setup
 	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
 	$(KAFKA) start || exit 1; \
 	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest \
-		tests consumer learner serving bench; status=$$?; \
+		-m "not reliability" tests consumer learner serving bench; status=$$?; \
+	$(KAFKA) stop; exit $$status
+
+test-reliability: setup
+	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
+	$(KAFKA) start || exit 1; \
+	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest \
+		-m reliability tests/integration; status=$$?; \
 	$(KAFKA) stop; exit $$status
 
 unit: setup

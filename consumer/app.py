@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import ensure_topics
+from consumer.transactions import TransactionalCommitter, TransactionalProducer
 from consumer.worker import Worker
 from learner.ann import set_threads as set_ann_threads
 from learner.encoder import CachedEncoder, TextEncoder
@@ -138,7 +140,26 @@ def build_worker(
             admin.close()
     metrics = metrics or WorkerMetrics()
     recommender = recommender or build_recommender(config)
-    producer = kafka_producer(config)
+    exactly_once = config.guarantee == "exactly-once"
+    producer: Any
+    if exactly_once:
+        tid = config.transactional_id or (
+            f"{config.group_id}-{config.client_id}-{uuid.uuid4().hex[:12]}"
+        )
+        log.info("exactly-once: transactional id %s", tid)
+        producer = TransactionalProducer(
+            lambda: kafka_producer(
+                config,
+                transactional_id=tid,
+                enable_idempotence=True,
+                transaction_timeout_ms=config.transaction_timeout_ms,
+            ),
+            timeout_s=config.commit_timeout_s,
+        )
+    else:
+        producer = kafka_producer(config)
+    # Upstream producers may be transactional too: never read what they aborted.
+    isolation = {"isolation_level": "read_committed"}
 
     # The listener runs on the consumer's event loop: it only counts and hands the news to the
     # worker, which restores or lets go of users between polls (``worker`` is bound below).
@@ -158,15 +179,28 @@ def build_worker(
         config,
         group_id=config.group_id,
         partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+        **isolation,
     )
     source = KafkaSource(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
-    item_feed = ItemFeed(_consumer(config, group_id=None), config.items_topic)
+    item_feed = ItemFeed(_consumer(config, group_id=None, **isolation), config.items_topic)
     state_log = None
     if config.state_changelog:
-        state_log = KafkaStateLog(producer, _consumer(config, group_id=None), config.state_topic)
+        state_log = KafkaStateLog(
+            producer, _consumer(config, group_id=None, **isolation), config.state_topic
+        )
         _check_partitions(state_log.consumer, config)
+    committer = (
+        TransactionalCommitter(
+            producer,
+            events_consumer,
+            timeout_s=config.commit_timeout_s,
+            owned=lambda: set(source.assignment()),
+        )
+        if exactly_once
+        else None
+    )
     worker = Worker(
         source=source,
         recommender=recommender,
@@ -179,6 +213,7 @@ def build_worker(
         top_k=config.top_k,
         limits=Limits(config.max_event_bytes, config.max_id_bytes, config.max_future_ms),
         state_log=state_log,
+        committer=committer,
     )
     return KafkaWorker(config, worker, source, item_feed, producer, state_log)
 

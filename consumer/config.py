@@ -96,6 +96,30 @@ class WorkerConfig:
         "write every user's state to the compacted state topic and restore a partition's "
         "users from it when the partition is assigned (off: state lives in memory only)",
     )
+    guarantee: str = _setting(
+        "at-least-once",
+        "at-least-once: outputs and state flushed, then offsets committed (a crash replays the "
+        "last batch; re-delivered events are no-ops for user state); exactly-once: "
+        "recommendations, dead letters, state and offsets in one Kafka transaction per batch "
+        "(readers use isolation.level=read_committed)",
+        choices=("at-least-once", "exactly-once"),
+    )
+    transactional_id: str = _setting(
+        "",
+        "exactly-once: the producer's transactional.id (default: group, client id and a random "
+        "suffix; give each replica a stable one, e.g. its pod name, to abort a dead "
+        "predecessor's transaction at once)",
+    )
+    transaction_timeout_ms: int = _setting(
+        10_000,
+        "exactly-once: the broker aborts a transaction left open this long (a dead worker's "
+        "open transaction holds back read_committed readers until then)",
+    )
+    commit_timeout_s: float = _setting(
+        30.0,
+        "exactly-once: watchdog on each transactional call; one that overruns it rolls the batch "
+        "back and replaces the producer",
+    )
     head_rank: int = _setting(32, "rank of the head's low-rank W = I + U Vᵀ")
     head_lr: float = _setting(0.003, "Adam learning rate of the head")
     item_lr: float = _setting(0.05, "SGD learning rate of the per-item offsets and biases")

@@ -59,6 +59,10 @@ class Source(Protocol):
 
     def lag(self) -> dict[TopicPartitionKey, int]: ...
 
+    def rewind(self) -> None:
+        """Deliver again everything after the committed offsets (a rolled-back batch)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -85,9 +89,27 @@ class InMemorySource:
         return self._pos >= len(self._records)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
-        batch = self._records[self._pos : self._pos + max_records]
-        self._pos += len(batch)
+        batch: list[Record] = []
+        while self._pos < len(self._records) and len(batch) < max_records:
+            rec = self._records[self._pos]
+            self._pos += 1
+            if rec.offset >= self.committed.get((rec.topic, rec.partition), 0):
+                batch.append(rec)  # (after a rewind, records committed meanwhile are skipped)
         return batch
+
+    def rewind(self) -> None:
+        """Go back to the first record not committed yet.
+
+        >>> src = InMemorySource([Record("t", 0, i, None, b"x") for i in range(3)])
+        >>> _ = src.poll(0, 2); src.commit({("t", 0): 0}); _ = src.poll(0, 1); src.rewind()
+        >>> [r.offset for r in src.poll(0, 5)]
+        [1, 2]
+        """
+        for n, rec in enumerate(self._records):
+            if rec.offset >= self.committed.get((rec.topic, rec.partition), 0):
+                self._pos = n
+                return
+        self._pos = len(self._records)
 
     def read_to_end(self, max_records: int = 5000) -> Iterable[list[Record]]:
         while batch := self.poll(0, max_records):
@@ -177,6 +199,18 @@ class KafkaSource:
             self.consumer.commit(payload)
         except Exception as err:  # CommitFailedError after a rebalance, timeouts
             raise SourceError(f"commit of {len(payload)} partitions failed: {err}") from err
+
+    def rewind(self) -> None:
+        """Seek every owned partition back to its committed offset (or its beginning)."""
+        from kafka.structs import TopicPartition
+
+        for t, p in self.assignment():
+            tp = TopicPartition(t, p)
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         from kafka.structs import TopicPartition

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.changelog import StateLog
@@ -19,6 +19,7 @@ from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError
 from consumer.source import Record, Source, TopicPartitionKey
+from consumer.transactions import Committer, SourceCommitter, TransactionAborted
 from learner.online_metrics import HitRateTracker
 from learner.recommender import Recommender
 from learner.types import Event, Item, ItemDeletion, UserRecommendation
@@ -66,6 +67,8 @@ class _Batch:
     records: list[Record]  # the record of each event, same order
     rejected: int
     offsets: dict[TopicPartitionKey, int]
+    reasons: list[str] = field(default_factory=list)  # of the rejected records
+    duplicates: int = 0
 
     def partition_of_users(self) -> dict[str, int]:
         """The partition each user's events of this batch came from."""
@@ -100,6 +103,7 @@ class Worker:
         limits: Limits | None = None,
         on_published: Callable[[Sequence[UserRecommendation]], None] | None = None,
         state_log: StateLog | None = None,
+        committer: Committer | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -113,6 +117,7 @@ class Worker:
         self.limits = limits or Limits()
         self.on_published = on_published
         self.state_log = state_log
+        self.committer = committer or SourceCommitter(source)
         # Rebalance news from the consumer's listener, applied by the loop between polls (the
         # listener must not block: it runs on the client's event loop, heartbeats included).
         self._rebalances: list[tuple[str, list[TopicPartitionKey]]] = []
@@ -219,26 +224,70 @@ class Worker:
         self._update_lag()
         if not records:
             return StepReport(item_changes=item_changes)
-        self.metrics.events_consumed.inc(len(records))
-        self.metrics.batch_size.observe(len(records))
-        with self._timed("decode"):
-            batch = self._decode(records)
-        with self._timed("learn"):
-            self._learn(batch)
-        with self._timed("rank"):
-            recs = self._rank(batch.events)
-        with self._timed("publish"):
-            self._publish(recs, batch)
-        with self._timed("state"):
-            self._write_state(batch)
-        with self._timed("commit"):
-            self.source.commit(batch.offsets)
-        self.batches += 1
+        try:
+            with self._timed("decode"):
+                batch = self._decode(records)
+            with self._timed("learn"):
+                self._learn(batch)
+            with self._timed("rank"):
+                recs = self._rank(batch.events)
+            with self._timed("publish"):
+                self._publish(recs)
+            with self._timed("state"):
+                self._write_state(batch)
+            with self._timed("commit"):
+                self.committer.commit(batch.offsets)
+        except Exception as err:
+            if not self.committer.transactional:
+                raise  # at-least-once: the batch is redone by whoever restarts from the commit
+            self._roll_back(records, err)
+            return StepReport(item_changes=item_changes)
+        self._count(records, batch, recs)
         report = StepReport(
             len(records), len(batch.events), batch.rejected, len(recs), item_changes
         )
         self.totals = self.totals + report
         return report
+
+    def _roll_back(self, records: Sequence[Record], err: Exception) -> None:
+        """Exactly-once: the batch's transaction is aborted, so its effects on user state are
+        undone too (its partitions' users reloaded from the committed changelog) and the
+        source goes back to the committed offsets to redo it."""
+        if not isinstance(err, TransactionAborted):
+            log.warning("batch failed (%s): aborting its transaction", err)
+            self.committer.abort()
+        self.metrics.transactions_aborted.inc()
+        partitions = sorted({r.partition for r in records})
+        users = self.recommender.users
+        users.remove(users.users_of_shards(partitions))
+        if self.state_log is not None:
+            self.restore(partitions)
+        self.source.rewind()
+
+    def _count(
+        self, records: Sequence[Record], batch: _Batch, recs: Sequence[UserRecommendation]
+    ) -> None:
+        """Metrics of a committed batch (an aborted one counts nowhere: it is redone)."""
+        self.batches += 1
+        self.metrics.events_consumed.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
+        for reason in batch.reasons:
+            self.metrics.events_rejected.labels(reason=reason).inc()
+        if batch.duplicates:
+            self.metrics.events_duplicate.inc(batch.duplicates)
+        delivered = time.time()
+        for rec in batch.records:
+            if rec.timestamp_ms:
+                self.metrics.event_to_publish_seconds.observe(
+                    max(0.0, delivered - rec.timestamp_ms / 1000.0)
+                )
+        for sent in recs:
+            self.hit_rate.remember(sent.user_id, [it.item_id for it in sent.items])
+        self.metrics.recommendations_published.inc(len(recs))
+        self.metrics.events_processed.inc(len(batch.events))
+        self.metrics.set_model_version(self.recommender.model_version)
+        if self.on_published is not None:
+            self.on_published(recs)
 
     def _poll_items(self) -> int:
         if self.items is None:
@@ -247,7 +296,15 @@ class Worker:
         if not records:
             return 0
         with self._timed("items"):
-            return self._apply_items(records)
+            changes = self._apply_items(records)
+            if self.committer.transactional:
+                # Dead letters of bad item records are this step's only output: commit them
+                # now rather than hold a transaction open until the next batch of events.
+                try:
+                    self.committer.commit({})
+                except TransactionAborted as err:
+                    log.error("dead letters of %d item records lost: %s", len(records), err)
+            return changes
 
     def _apply_items(self, records: Sequence[Record]) -> int:
         """Upserts and tombstones, in order; a bad item record goes to the DLQ."""
@@ -277,7 +334,7 @@ class Worker:
         events: list[Event] = []
         kept: list[Record] = []
         offsets: dict[TopicPartitionKey, int] = {}
-        rejected = 0
+        reasons: list[str] = []
         now_ms = int(time.time() * 1000)
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -286,21 +343,20 @@ class Worker:
                 event = decode_event(rec.value, self.limits, now_ms)
             except DecodeError as err:
                 self._reject(rec, err.reason, err.detail)
-                rejected += 1
+                reasons.append(err.reason)
                 continue
             if event.item_id not in self.recommender.items:
                 self._reject(
                     rec, UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalog"
                 )
-                rejected += 1
+                reasons.append(UNKNOWN_ITEM)
                 continue
             events.append(event)
             kept.append(rec)
-        return _Batch(events, kept, rejected, offsets)
+        return _Batch(events, kept, len(reasons), offsets, reasons)
 
     def _reject(self, record: Record, reason: str, detail: str) -> None:
         self.dlq.send(record, reason, detail)
-        self.metrics.events_rejected.labels(reason=reason).inc()
         log.debug("rejected %s: %s", record.source, detail)
 
     def _learn(self, batch: _Batch) -> None:
@@ -315,8 +371,11 @@ class Worker:
             self.metrics.drift_detected.inc()
             log.warning("drift detected in the online hit rate (now %.3f)", self.hit_rate.rate)
         report = self.recommender.learn(batch.events)
-        if report.duplicates:
-            self.metrics.events_duplicate.inc(report.duplicates)
+        batch.duplicates = report.duplicates
+        # Each user is tagged with its partition, so a revoke or a rollback finds its users.
+        partition_of = batch.partition_of_users()
+        users = self.recommender.users
+        users.set_shard(users.rows_for(list(partition_of)), list(partition_of.values()))
         if report.trained_pairs:
             self.metrics.head_steps.inc()
             self.metrics.train_loss.set(report.loss)
@@ -326,23 +385,10 @@ class Worker:
         users = list(dict.fromkeys(ev.user_id for ev in events))  # one list per user per batch
         return self.recommender.recommend(users, self.top_k)
 
-    def _publish(self, recs: Sequence[UserRecommendation], batch: _Batch) -> None:
+    def _publish(self, recs: Sequence[UserRecommendation]) -> None:
         self.publisher.publish(recs)
         self.publisher.flush()
         self.dlq.flush()
-        delivered = time.time()
-        for rec in batch.records:
-            if rec.timestamp_ms:
-                self.metrics.event_to_publish_seconds.observe(
-                    max(0.0, delivered - rec.timestamp_ms / 1000.0)
-                )
-        for sent in recs:
-            self.hit_rate.remember(sent.user_id, [it.item_id for it in sent.items])
-        self.metrics.recommendations_published.inc(len(recs))
-        self.metrics.events_processed.inc(len(batch.events))
-        self.metrics.set_model_version(self.recommender.model_version)
-        if self.on_published is not None:
-            self.on_published(recs)
 
     def _write_state(self, batch: _Batch) -> None:
         """Write the batch's users' new state to the changelog and wait until it is durable:
@@ -351,10 +397,7 @@ class Worker:
             return
         partition_of = batch.partition_of_users()
         snapshots = self.recommender.snapshot_users(list(partition_of))
-        parts = [partition_of[s.user_id] for s in snapshots]
-        users = self.recommender.users
-        users.set_shard(users.rows_for([s.user_id for s in snapshots]), parts)
-        self.state_log.write(snapshots, parts)
+        self.state_log.write(snapshots, [partition_of[s.user_id] for s in snapshots])
         self.state_log.flush()
         self.metrics.state_records_written.inc(len(snapshots))
 

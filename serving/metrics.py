@@ -129,6 +129,11 @@ class WorkerMetrics:
             "Users restored from the state changelog",
             registry=r,
         )
+        self.transactions_aborted = Counter(
+            "freshrec_transactions_aborted_total",
+            "Exactly-once batches rolled back (and redone from the committed offsets)",
+            registry=r,
+        )
         self.state_records_written = Counter(
             "freshrec_state_records_written_total",
             "User-state records written to the changelog",

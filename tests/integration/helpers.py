@@ -50,9 +50,13 @@ def _never(records: list[Any]) -> bool:
     return False
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every record now in ``topic``."""
-    return read_topic(bootstrap, topic, until=_never, timeout_s=timeout_s)
+def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 30.0, isolation_level: str = "read_uncommitted"
+) -> list[Any]:
+    """Every record now in ``topic`` (committed ones only with ``read_committed``)."""
+    return read_topic(
+        bootstrap, topic, until=_never, timeout_s=timeout_s, isolation_level=isolation_level
+    )
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

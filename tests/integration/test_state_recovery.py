@@ -25,10 +25,12 @@ from learner.types import Event
 from learner.user_state import UserSnapshot
 from tests.integration.helpers import committed_offsets, end_offsets, read_all, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(600)]
 
 
-def start_worker(bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    bootstrap: str, prefix: str, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = dict(
         os.environ,
         FRESHREC_BOOTSTRAP_SERVERS=bootstrap,
@@ -42,6 +44,7 @@ def start_worker(bootstrap: str, prefix: str, log: Path) -> subprocess.Popen[byt
         # No per-item offsets: a user's vector is then a pure function of their events (the
         # item embeddings, weights and times), which the reference fold below recomputes.
         FRESHREC_ITEM_LR="0",
+        **(extra_env or {}),
     )
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -57,7 +60,7 @@ def all_committed(bootstrap: str, prefix: str) -> bool:
 def changelog(bootstrap: str, prefix: str) -> dict[str, UserSnapshot]:
     """The latest state record of every user."""
     latest: dict[str, UserSnapshot] = {}
-    for r in read_all(bootstrap, f"{prefix}state.users"):
+    for r in read_all(bootstrap, f"{prefix}state.users", isolation_level="read_committed"):
         snap = decode_state(r.value)
         latest[snap.user_id] = snap
     return latest
