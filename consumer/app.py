@@ -127,8 +127,8 @@ def build_worker(
 ) -> KafkaWorker:
     """Create topics if asked, connect to Kafka, and wire source, model and publisher."""
     from kafka import KafkaAdminClient
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.coordinator.assignors.range import RangePartitionAssignor
-    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
     if config.create_topics:
         admin = KafkaAdminClient(
@@ -163,22 +163,26 @@ def build_worker(
 
     # The listener runs on the consumer's event loop: it only counts and hands the news to the
     # worker, which restores or lets go of users between polls (``worker`` is bound below).
+    # With cooperative-sticky the lists are only the partitions that moved (KIP-429).
     def on_assign(tps: list[TopicPartitionKey]) -> None:
         metrics.rebalances.labels(kind="assign").inc()
-        metrics.assigned_partitions.set(len(tps))
+        metrics.assigned_partitions.set(len(source.assignment()))
         worker.on_assign(tps)
 
     def on_revoke(tps: list[TopicPartitionKey]) -> None:
         # Offsets are committed at the end of every batch, after its publish and its state
         # are durable, so nothing processed is uncommitted here.
         metrics.rebalances.labels(kind="revoke").inc()
-        metrics.assigned_partitions.set(0)
         worker.on_revoke(tps)
 
     events_consumer = _consumer(
         config,
         group_id=config.group_id,
-        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+        partition_assignment_strategy=(
+            (CooperativeStickyAssignor,)
+            if config.assignor == "cooperative-sticky"
+            else (RangePartitionAssignor,)
+        ),
         **isolation,
     )
     source = KafkaSource(

@@ -96,6 +96,13 @@ class WorkerConfig:
         "write every user's state to the compacted state topic and restore a partition's "
         "users from it when the partition is assigned (off: state lives in memory only)",
     )
+    assignor: str = _setting(
+        "cooperative-sticky",
+        "partition assignment: cooperative-sticky moves only the partitions that change owner "
+        "and keeps the rest working through a rebalance (KIP-429); range is the eager classic "
+        "(every member gives up everything first). All workers of a group must agree",
+        choices=("cooperative-sticky", "range"),
+    )
     guarantee: str = _setting(
         "at-least-once",
         "at-least-once: outputs and state flushed, then offsets committed (a crash replays the "
