@@ -2,12 +2,40 @@
 
 Decoding never lets a bad record through and never crashes on one: it raises
 :class:`DecodeError` whose ``reason`` is a short label (the ``reason`` of
-``freshrec_events_rejected_total`` and of the DLQ's ``freshrec.error`` header).
+``freshrec_events_rejected_total`` and of the DLQ's ``freshrec.error`` header), one of
+:data:`REASONS`:
+
+``record_too_large``
+    the value is over ``Limits.max_record_bytes`` (checked before any parsing);
+``not_msgpack``
+    a null value, bytes that are not one complete msgpack object, a string that is not UTF-8,
+    or nesting deeper than msgpack's unpacker allows (1024 levels: a deep structure is refused
+    there, so decoding never recurses without bound);
+``not_a_map``
+    msgpack, but not a map;
+``bad_version``
+    ``v`` absent or not the integer 1;
+``missing_field``
+    a required field absent or nil (``ts`` included);
+``wrong_type``
+    a field, or a key of the map, of the wrong msgpack type;
+``bad_id``
+    an id that is empty or over ``Limits.max_id_bytes`` UTF-8 bytes;
+``unknown_type``
+    an event ``type`` outside the contract's five;
+``non_finite_value``
+    a NaN or infinite ``value`` (or item attribute);
+``bad_ts``
+    a negative ``ts``, or one more than ``Limits.max_future_ms`` ahead of the clock.
+
+Details (the DLQ's ``freshrec.error.detail``) quote the offending value only in a bounded
+preview, so a huge or deeply nested value costs neither memory nor recursion to describe.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +47,7 @@ from consumer.exceptions import DecodeError
 from learner.types import EVENT_TYPES, Event, EventType, Item, ItemDeletion
 
 __all__ = [
+    "REASONS",
     "SCHEMA_VERSION",
     "Limits",
     "decode_event",
@@ -40,6 +69,26 @@ BAD_ID = "bad_id"
 UNKNOWN_TYPE = "unknown_type"
 NON_FINITE_VALUE = "non_finite_value"
 BAD_TS = "bad_ts"
+REASONS = frozenset(
+    {
+        TOO_LARGE,
+        NOT_MSGPACK,
+        NOT_A_MAP,
+        BAD_VERSION,
+        MISSING_FIELD,
+        WRONG_TYPE,
+        BAD_ID,
+        UNKNOWN_TYPE,
+        NON_FINITE_VALUE,
+        BAD_TS,
+    }
+)
+
+# Previews of bad values in details: a few levels and characters, whatever the input holds
+# (builtin repr of a value nested 1000 levels deep raises RecursionError).
+_preview = reprlib.Repr()
+_preview.maxlevel = 3
+_preview.maxstring = _preview.maxother = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +107,8 @@ def _unpack_map(value: bytes | None, limits: Limits) -> dict[str, Any]:
         raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {limits.max_record_bytes}")
     try:
         obj = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    except msgpack.StackError as err:
+        raise DecodeError(NOT_MSGPACK, "nested deeper than msgpack allows") from err
     except Exception as err:  # msgpack raises several unrelated types for bad bytes
         raise DecodeError(NOT_MSGPACK, type(err).__name__) from err
     if not isinstance(obj, dict):
@@ -66,7 +117,7 @@ def _unpack_map(value: bytes | None, limits: Limits) -> dict[str, Any]:
         raise DecodeError(WRONG_TYPE, "map keys must be strings")
     version = obj.get("v")
     if not isinstance(version, int) or isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise DecodeError(BAD_VERSION, f"v={version!r}")
+        raise DecodeError(BAD_VERSION, f"v={_preview.repr(version)}")
     return obj
 
 
@@ -152,7 +203,9 @@ def encode_event(event: Event) -> bytes:
 
 
 def _attributes(obj: Mapping[str, Any]) -> dict[str, str | float | int | list[str]]:
-    raw = obj.get("attributes") or {}
+    raw = obj.get("attributes")
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise DecodeError(WRONG_TYPE, "attributes is not a map")
     out: dict[str, str | float | int | list[str]] = {}
@@ -160,9 +213,9 @@ def _attributes(obj: Mapping[str, Any]) -> dict[str, str | float | int | list[st
         ok = isinstance(value, str | int | float) and not isinstance(value, bool)
         ok = ok or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         if not isinstance(key, str) or not ok:
-            raise DecodeError(WRONG_TYPE, f"attribute {key!r} has an unsupported type")
+            raise DecodeError(WRONG_TYPE, f"attribute {_preview.repr(key)} has an unsupported type")
         if isinstance(value, float) and not math.isfinite(value):
-            raise DecodeError(NON_FINITE_VALUE, f"attribute {key!r}")
+            raise DecodeError(NON_FINITE_VALUE, f"attribute {_preview.repr(key)}")
         out[key] = value
     return out
 

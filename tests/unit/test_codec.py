@@ -341,6 +341,8 @@ def test_bad_tombstone_keys_are_rejected(key: bytes | None, reason: str) -> None
         (packed_item(text=["a"]), "wrong_type"),
         (packed_item(image="not bytes"), "wrong_type"),
         (packed_item(attributes=["a", "b"]), "wrong_type"),
+        (packed_item(attributes=False), "wrong_type"),
+        (packed_item(attributes=""), "wrong_type"),
         (packed_item(attributes={"year": True}), "wrong_type"),
         (packed_item(attributes={"tags": ["a", 1]}), "wrong_type"),
         (packed_item(attributes={"nested": {"a": 1}}), "wrong_type"),
@@ -363,6 +365,8 @@ def test_bad_tombstone_keys_are_rejected(key: bytes | None, reason: str) -> None
         "list-text",
         "str-image",
         "list-attributes",
+        "false-attributes",
+        "empty-string-attributes",
         "bool-attribute",
         "mixed-list-attribute",
         "map-attribute",
@@ -379,7 +383,7 @@ def test_bad_item_records_are_rejected_with_reason(raw: bytes, reason: str) -> N
 
 
 def test_reason_constants_match_the_documented_labels() -> None:
-    assert {
+    constants = {
         codec.TOO_LARGE,
         codec.NOT_MSGPACK,
         codec.NOT_A_MAP,
@@ -390,7 +394,9 @@ def test_reason_constants_match_the_documented_labels() -> None:
         codec.UNKNOWN_TYPE,
         codec.NON_FINITE_VALUE,
         codec.BAD_TS,
-    } == {
+    }
+    assert constants == codec.REASONS
+    assert constants == {
         "record_too_large",
         "not_msgpack",
         "not_a_map",
@@ -402,3 +408,19 @@ def test_reason_constants_match_the_documented_labels() -> None:
         "non_finite_value",
         "bad_ts",
     }
+
+
+def test_details_quote_bad_values_in_a_bounded_preview() -> None:
+    deep: Any = 1
+    for _ in range(1000):  # builtin repr of this raises RecursionError
+        deep = [deep]
+    for raw in [packed_event(v=deep), packed_event(v="v" * 100_000)]:
+        with pytest.raises(DecodeError) as info:
+            decode_event(raw, now_ms=NOW_MS)
+        assert info.value.reason == "bad_version"
+        assert len(info.value.detail) < 200
+
+
+def test_nesting_deeper_than_msgpack_unpacks_is_not_msgpack() -> None:
+    raw = b"\x91" * 10_000 + b"\x01"
+    assert reason_of_event(raw) == "not_msgpack"

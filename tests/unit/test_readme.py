@@ -6,7 +6,9 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from consumer.codec import REASONS
 from consumer.config import WorkerConfig, env_name
+from consumer.worker import UNKNOWN_ITEM
 from serving.metrics import WorkerMetrics
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -30,3 +32,8 @@ def test_readme_names_every_metric_series() -> None:
     documented = set(re.findall(r"freshrec_[a-z_]+", README))
     for name in names:
         assert name in documented or f"{name}_total" in documented, name
+
+
+def test_readme_names_every_dead_letter_reason() -> None:
+    for reason in REASONS | {UNKNOWN_ITEM}:
+        assert f"`{reason}`" in README, reason
