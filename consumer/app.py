@@ -11,11 +11,11 @@ import torch
 
 from consumer.changelog import KafkaStateLog
 from consumer.codec import Limits
-from consumer.config import WorkerConfig
+from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
-from consumer.topics import ensure_topics
+from consumer.topics import dlq_record_bytes, ensure_topics
 from consumer.transactions import TransactionalCommitter, TransactionalProducer
 from consumer.worker import Worker
 from learner.ann import set_threads as set_ann_threads
@@ -72,8 +72,8 @@ def kafka_producer(config: WorkerConfig, **overrides: Any) -> Any:
         # a long linger only lets a batch's records share requests instead of waking the
         # sender thread for nearly every record.
         "linger_ms": 100,
-        "batch_size": 256 * 1024,
-        "max_request_size": config.max_event_bytes + (64 << 10),
+        "batch_size": PRODUCER_BATCH_BYTES,
+        "max_request_size": dlq_record_bytes(config),
         "retries": 10,
     }
     settings.update(overrides)

@@ -17,6 +17,9 @@ from consumer.exceptions import ConfigError
 __all__ = ["ENV_PREFIX", "WorkerConfig", "add_arguments", "config_from_args", "env_name"]
 
 ENV_PREFIX = "FRESHREC_"
+# The producer's batch.size: the worker flushes once per micro-batch, so large batches let a
+# micro-batch's records share requests.
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def _setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:

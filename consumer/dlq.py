@@ -12,6 +12,7 @@ __all__ = ["ERROR_HEADER", "DeadLetterQueue", "InMemoryDeadLetters", "KafkaDeadL
 ERROR_HEADER = "freshrec.error"
 DETAIL_HEADER = "freshrec.error.detail"
 SOURCE_HEADER = "freshrec.source"
+NULL_KEY_HEADER = "freshrec.null-key"
 
 
 class DeadLetterQueue(Protocol):
@@ -62,8 +63,14 @@ class KafkaDeadLetterQueue:
             (DETAIL_HEADER, detail[:1024].encode("utf-8", errors="replace")),
             (SOURCE_HEADER, record.source.encode("utf-8")),
         ]
+        key = record.key
+        if key is None and record.value is None:
+            # kafka-python cannot produce a record with neither key nor value (other clients
+            # can): it goes with an empty key and a header saying the original key was null.
+            key = b""
+            headers.append((NULL_KEY_HEADER, b"1"))
         self._pending.append(
-            self.producer.send(self.topic, key=record.key, value=record.value, headers=headers)
+            self.producer.send(self.topic, key=key, value=record.value, headers=headers)
         )
 
     def flush(self) -> None:

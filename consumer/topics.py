@@ -5,13 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumer.config import WorkerConfig
+from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 
-__all__ = ["ensure_topics", "topic_specs"]
+__all__ = ["dlq_record_bytes", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
 _COMPACTED = {"cleanup.policy": "compact"}
+
+
+# Kafka's default max.message.bytes: the largest record the events topic takes unless it was
+# configured otherwise, whatever --max-event-bytes says.
+BROKER_MESSAGE_BYTES = 1 << 20
+
+
+def dlq_record_bytes(config: WorkerConfig) -> int:
+    """The largest dead letter (and producer request) the worker must be able to send: any
+    record the events topic can hold, over the limit or not, plus room for headers; never
+    below a full producer batch, or the broker refuses batches of small dead letters.
+
+    Examples
+    --------
+    >>> dlq_record_bytes(WorkerConfig(max_event_bytes=64 << 10)) == (1 << 20) + (64 << 10)
+    True
+    """
+    return max(config.max_event_bytes, BROKER_MESSAGE_BYTES, PRODUCER_BATCH_BYTES) + (64 << 10)
 
 
 def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
@@ -23,8 +41,7 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.recommendations', \
 'freshrec.state.users']
     """
-    # Dead letters keep the original record, which may be as large as max_event_bytes.
-    dlq_bytes = str(config.max_event_bytes + (64 << 10))
+    dlq_bytes = str(dlq_record_bytes(config))
     return {
         config.events_topic: (config.partitions, {}),
         config.items_topic: (config.partitions, dict(_COMPACTED)),

@@ -2,9 +2,9 @@
 poison corpus among valid events stays up, accounts for every record, and dead-letters exactly
 the bad ones, byte for byte, each with its reason and origin.
 
-Three corpus-sized inputs still stop the worker; they fail outside the codec and the worker
-loop (in how the dead-letter producer and topic are sized, and in kafka-python), so each has a
-strict xfail test here that states the behaviour owed, and the corpus run leaves them out.
+Three inputs used to stop the worker outside the codec (the dead-letter producer and topic
+were sized by --max-event-bytes, and kafka-python cannot send a record with neither key nor
+value); each has its own test here.
 """
 
 from __future__ import annotations
@@ -23,28 +23,25 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import MessageSizeTooLargeError
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.app import KafkaWorker
 from consumer.codec import Limits, encode_event, encode_item
 from consumer.config import WorkerConfig
+from consumer.dlq import NULL_KEY_HEADER
 from consumer.source import Record
 from consumer.topics import ensure_topics
 from learner.types import Event, Item
-from serving.exceptions import PublishError
 from tests.fixtures.poison import PoisonCase, poison_corpus
 from tests.integration.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
-# Lowered from 1 MiB so that records over it still fit the broker's own 1 MiB limit, but not
-# below 192 KiB: see test_dead_letters_batched_beyond_a_lowered_dlq_limit_are_delivered.
+# Lowered from 1 MiB so that records over it still fit the broker's own 1 MiB limit.
 MAX_EVENT_BYTES = 256 << 10
 METRICS_URL = re.compile(r"metrics on (http://\S+/metrics)")
 SUMMARY = re.compile(r"consumed=(\d+) processed=(\d+) rejected=(\d+) published=(\d+)")
 KNOWN_CRASHES = {
-    "record_over_max_event_bytes_by_128_kib",  # see test_record_far_over_a_lowered_...
     "null_key_and_value",  # kafka-python cannot produce it; see test_a_record_without_...
 }
 
@@ -235,14 +232,6 @@ def test_worker_fed_the_poison_corpus_stays_up_and_dead_letters_exactly_the_bad_
 # -- known crash paths, outside consumer/codec.py and consumer/worker.py -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MessageSizeTooLargeError,
-    reason="the DLQ producer's max_request_size (consumer/app.py) and the DLQ topic's "
-    "max.message.bytes (consumer/topics.py) are max_event_bytes + 64 KiB, but the events "
-    "topic takes records up to the broker's 1 MiB: under a lowered --max-event-bytes a bigger "
-    "record stops the worker, uncommitted, so it stops again on restart",
-)
 def test_record_far_over_a_lowered_max_event_bytes_is_dead_lettered_and_the_worker_goes_on(
     make_worker: Callable[..., KafkaWorker], producer: KafkaProducer, bootstrap: str
 ) -> None:
@@ -259,14 +248,6 @@ def test_record_far_over_a_lowered_max_event_bytes_is_dead_lettered_and_the_work
     assert (letter.value, letter.reason) == (case.value, "record_too_large")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PublishError,
-    reason="the producer batches up to 256 KiB (consumer/app.py) for a DLQ topic that takes "
-    "max_event_bytes + 64 KiB (consumer/topics.py): under --max-event-bytes below 192 KiB the "
-    "broker refuses a batch of dead letters, kafka-python 3.0.12 splits it and fails the "
-    "sends ('Future not done'), and the worker stops on the flush, uncommitted",
-)
 def test_dead_letters_batched_beyond_a_lowered_dlq_limit_are_delivered(
     make_worker: Callable[..., KafkaWorker], producer: KafkaProducer, bootstrap: str
 ) -> None:
@@ -285,13 +266,6 @@ def test_dead_letters_batched_beyond_a_lowered_dlq_limit_are_delivered(
     assert sorted(letter.value or b"" for letter in letters.values()) == garbage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="KafkaDeadLetterQueue (consumer/dlq.py) hands key=None, value=None to kafka-python's "
-    "send, which raises ValueError: a record without key and value, which other clients can "
-    "write to the events topic, is rejected as not_msgpack and then stops the worker",
-)
 def test_a_record_without_key_and_value_can_be_dead_lettered(
     make_worker: Callable[..., KafkaWorker], bootstrap: str
 ) -> None:
@@ -301,5 +275,8 @@ def test_a_record_without_key_and_value_can_be_dead_lettered(
     kw.worker.dlq.send(Record(kw.config.events_topic, 0, 0, None, None), "not_msgpack", "null")
     kw.worker.dlq.flush()
 
-    [letter] = _dead_letters(bootstrap, kw.config, 1).values()
-    assert (letter.key, letter.value, letter.reason) == (None, None, "not_msgpack")
+    [letter] = read_topic(bootstrap, kw.config.dlq_topic, until=lambda rs: len(rs) >= 1)
+    # kafka-python cannot send null key and null value: the key goes empty, and a header says so.
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value) == (b"", None)
+    assert (headers["freshrec.error"], headers[NULL_KEY_HEADER]) == (b"not_msgpack", b"1")
