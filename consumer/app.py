@@ -16,7 +16,11 @@ from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import dlq_record_bytes, ensure_topics
-from consumer.transactions import TransactionalCommitter, TransactionalProducer
+from consumer.transactions import (
+    ReplaceableProducer,
+    TransactionalCommitter,
+    TransactionalProducer,
+)
 from consumer.worker import Worker
 from learner.ann import set_threads as set_ann_threads
 from learner.encoder import CachedEncoder, TextEncoder
@@ -157,7 +161,7 @@ def build_worker(
             timeout_s=config.commit_timeout_s,
         )
     else:
-        producer = kafka_producer(config)
+        producer = ReplaceableProducer(lambda: kafka_producer(config))
     # Upstream producers may be transactional too: never read what they aborted.
     isolation = {"isolation_level": "read_committed"}
 
@@ -192,7 +196,10 @@ def build_worker(
     state_log = None
     if config.state_changelog:
         state_log = KafkaStateLog(
-            producer, _consumer(config, group_id=None, **isolation), config.state_topic
+            producer,
+            _consumer(config, group_id=None, **isolation),
+            config.state_topic,
+            flush_timeout_s=config.delivery_timeout_s,
         )
         _check_partitions(state_log.consumer, config)
     committer = (
@@ -208,8 +215,12 @@ def build_worker(
     worker = Worker(
         source=source,
         recommender=recommender,
-        publisher=KafkaPublisher(producer, config.recommendations_topic),
-        dlq=KafkaDeadLetterQueue(producer, config.dlq_topic),
+        publisher=KafkaPublisher(
+            producer, config.recommendations_topic, flush_timeout_s=config.delivery_timeout_s
+        ),
+        dlq=KafkaDeadLetterQueue(
+            producer, config.dlq_topic, flush_timeout_s=config.delivery_timeout_s
+        ),
         metrics=metrics,
         items=item_feed,
         batch_size=config.batch_size,
@@ -218,6 +229,9 @@ def build_worker(
         limits=Limits(config.max_event_bytes, config.max_id_bytes, config.max_future_ms),
         state_log=state_log,
         committer=committer,
+        max_backoff_s=config.max_backoff_s,
+        stall_after_s=config.stall_after_s,
+        replace_producer=producer.replace,
     )
     return KafkaWorker(config, worker, source, item_feed, producer, state_log)
 

@@ -28,7 +28,7 @@ import msgpack
 
 from consumer.exceptions import SourceError
 from learner.user_state import UserSnapshot
-from serving.publisher import flush_sends
+from serving.publisher import flush_sends, send_or_raise
 
 __all__ = [
     "InMemoryStateLog",
@@ -150,7 +150,8 @@ class KafkaStateLog:
     def write(self, snapshots: Sequence[UserSnapshot], partitions: Sequence[int]) -> None:
         for snap, p in zip(snapshots, partitions, strict=True):
             self._pending.append(
-                self.producer.send(
+                send_or_raise(
+                    self.producer,
                     self.topic,
                     key=snap.user_id.encode("utf-8", "surrogatepass"),
                     value=encode_state(snap),

@@ -99,6 +99,21 @@ class WorkerConfig:
         "write every user's state to the compacted state topic and restore a partition's "
         "users from it when the partition is assigned (off: state lives in memory only)",
     )
+    delivery_timeout_s: float = _setting(
+        30.0,
+        "how long a batch's outputs (recommendations, dead letters, state) may take to be "
+        "acknowledged before the attempt counts as failed and is retried",
+    )
+    max_backoff_s: float = _setting(
+        10.0,
+        "longest pause between delivery retries; meanwhile every partition is paused "
+        "(backpressure) and the worker stays in its group",
+    )
+    stall_after_s: float = _setting(
+        60.0,
+        "a partition with records waiting but nothing committed for this long is reported in "
+        "freshrec_partition_stalled",
+    )
     assignor: str = _setting(
         "cooperative-sticky",
         "partition assignment: cooperative-sticky moves only the partitions that change owner "

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from consumer.source import Record
-from serving.publisher import flush_sends
+from serving.exceptions import PublishError
+from serving.publisher import flush_sends, send_or_raise
 
 __all__ = ["ERROR_HEADER", "DeadLetterQueue", "InMemoryDeadLetters", "KafkaDeadLetterQueue"]
 
@@ -56,8 +57,16 @@ class KafkaDeadLetterQueue:
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
         self._pending: list[Any] = []
+        # Letters of the batch in hand: a flush that fails sends them all again on the next
+        # flush (the worker retries it), so a dead letter is never lost to a broker outage.
+        self._letters: list[tuple[Record, str, str]] = []
+        self._resend = False
 
     def send(self, record: Record, reason: str, detail: str = "") -> None:
+        self._letters.append((record, reason, detail))
+        self._send(record, reason, detail)
+
+    def _send(self, record: Record, reason: str, detail: str) -> None:
         headers = [
             (ERROR_HEADER, reason.encode("utf-8")),
             (DETAIL_HEADER, detail[:1024].encode("utf-8", errors="replace")),
@@ -70,9 +79,19 @@ class KafkaDeadLetterQueue:
             key = b""
             headers.append((NULL_KEY_HEADER, b"1"))
         self._pending.append(
-            self.producer.send(self.topic, key=key, value=record.value, headers=headers)
+            send_or_raise(self.producer, self.topic, key=key, value=record.value, headers=headers)
         )
 
     def flush(self) -> None:
+        """Deliver every letter since the last successful flush, or raise PublishError."""
+        if self._resend:
+            self._pending = []
+            for letter in self._letters:
+                self._send(*letter)
         pending, self._pending = self._pending, []
-        flush_sends(self.producer, pending, self.flush_timeout_s, "dead letters")
+        try:
+            flush_sends(self.producer, pending, self.flush_timeout_s, "dead letters")
+        except PublishError:
+            self._resend = True
+            raise
+        self._letters, self._resend = [], False

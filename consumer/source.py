@@ -63,6 +63,15 @@ class Source(Protocol):
         """Deliver again everything after the committed offsets (a rolled-back batch)."""
         ...
 
+    def hold(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` taking no new records but staying in the consumer group
+        (the worker holds a batch it cannot deliver yet: backpressure)."""
+        ...
+
+    def resume(self) -> None:
+        """Take records again after :meth:`hold`."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -83,6 +92,7 @@ class InMemorySource:
         self._pos = 0
         self.committed: dict[TopicPartitionKey, int] = {}
         self.closed = False
+        self.holds = 0
 
     @property
     def exhausted(self) -> bool:
@@ -96,6 +106,12 @@ class InMemorySource:
             if rec.offset >= self.committed.get((rec.topic, rec.partition), 0):
                 batch.append(rec)  # (after a rewind, records committed meanwhile are skipped)
         return batch
+
+    def hold(self, timeout_ms: int) -> None:
+        self.holds += 1
+
+    def resume(self) -> None:
+        pass
 
     def rewind(self) -> None:
         """Go back to the first record not committed yet.
@@ -199,6 +215,22 @@ class KafkaSource:
             self.consumer.commit(payload)
         except Exception as err:  # CommitFailedError after a rebalance, timeouts
             raise SourceError(f"commit of {len(payload)} partitions failed: {err}") from err
+
+    def hold(self, timeout_ms: int) -> None:
+        """Poll with every owned partition paused, so the group keeps this member (kafka-python
+        needs a poll every ``max_poll_interval_ms``); a partition assigned meanwhile is paused
+        too, and anything it returned anyway is sought back to be fetched again later."""
+        from kafka.structs import TopicPartition
+
+        self.consumer.pause(*self.consumer.assignment())
+        got = self.consumer.poll(timeout_ms=timeout_ms)
+        for tp, records in got.items():
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition), records[0].offset)
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume(self) -> None:
+        """Fetch again from every owned partition (after :meth:`hold`)."""
+        self.consumer.resume(*self.consumer.assignment())
 
     def rewind(self) -> None:
         """Seek every owned partition back to its committed offset (or its beginning)."""

@@ -32,6 +32,7 @@ from consumer.source import Source, TopicPartitionKey
 
 __all__ = [
     "Committer",
+    "ReplaceableProducer",
     "SourceCommitter",
     "TransactionAborted",
     "TransactionalCommitter",
@@ -109,18 +110,48 @@ def bounded(call: Callable[[], T], timeout_s: float, what: str) -> T:
     return box["result"]  # type: ignore[no-any-return]
 
 
-class TransactionalProducer:
-    """A transactional ``KafkaProducer`` that can be replaced under the publisher, the DLQ and
-    the changelog (which all hold this object): ``send`` opens a transaction when none is open.
+class ReplaceableProducer:
+    """A ``KafkaProducer`` that can be swapped for a fresh one under the publisher, the DLQ and
+    the changelog, which all hold this object. kafka-python's idempotent producer enters a
+    fatal state after some errors (a record the broker refuses as too large, for one) and
+    fails every later send: the worker replaces it after a failed delivery.
 
-    ``factory`` makes a new ``KafkaProducer`` with the transactional id; each new one runs
-    ``init_transactions`` before use.
+    ``factory`` makes a new ``KafkaProducer``.
     """
 
     def __init__(self, factory: Callable[[], Any], *, timeout_s: float = 30.0) -> None:
         self.factory = factory
         self.timeout_s = timeout_s
         self.producer = self._new()
+        self.replaced = 0
+
+    def _new(self) -> Any:
+        return self.factory()
+
+    def send(self, topic: str, **kwargs: Any) -> Any:
+        return self.producer.send(topic, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.producer.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.producer.close(timeout=timeout)
+
+    def replace(self) -> None:
+        """Drop the current producer (closing it without waiting) and start a fresh one."""
+        old = self.producer
+        threading.Thread(target=lambda: _quiet_close(old), daemon=True).start()
+        self.producer = self._new()
+        self.replaced += 1
+
+
+class TransactionalProducer(ReplaceableProducer):
+    """A transactional :class:`ReplaceableProducer`: ``send`` opens a transaction when none is
+    open, and each new producer runs ``init_transactions`` (bounded) before use, which aborts
+    whatever an earlier one with the same transactional id left open."""
+
+    def __init__(self, factory: Callable[[], Any], *, timeout_s: float = 30.0) -> None:
+        super().__init__(factory, timeout_s=timeout_s)
         self.in_transaction = False
 
     def _new(self) -> Any:
@@ -134,17 +165,9 @@ class TransactionalProducer:
             self.in_transaction = True
         return self.producer.send(topic, **kwargs)
 
-    def flush(self, timeout: float | None = None) -> None:
-        self.producer.flush(timeout=timeout)
-
-    def close(self, timeout: float | None = None) -> None:
-        self.producer.close(timeout=timeout)
-
     def replace(self) -> None:
-        """Drop the current producer (closing it without waiting) and start a fresh one."""
-        old, self.in_transaction = self.producer, False
-        threading.Thread(target=lambda: _quiet_close(old), daemon=True).start()
-        self.producer = self._new()
+        self.in_transaction = False
+        super().replace()
 
 
 def _quiet_close(producer: Any) -> None:

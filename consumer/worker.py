@@ -17,12 +17,13 @@ from typing import Protocol
 from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
-from consumer.exceptions import DecodeError
+from consumer.exceptions import DecodeError, SourceError
 from consumer.source import Record, Source, TopicPartitionKey
 from consumer.transactions import Committer, SourceCommitter, TransactionAborted
 from learner.online_metrics import HitRateTracker
 from learner.recommender import Recommender
 from learner.types import Event, Item, ItemDeletion, UserRecommendation
+from serving.exceptions import PublishError
 from serving.metrics import WorkerMetrics
 from serving.publisher import Publisher
 
@@ -104,6 +105,9 @@ class Worker:
         on_published: Callable[[Sequence[UserRecommendation]], None] | None = None,
         state_log: StateLog | None = None,
         committer: Committer | None = None,
+        max_backoff_s: float = 10.0,
+        stall_after_s: float = 60.0,
+        replace_producer: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -118,6 +122,12 @@ class Worker:
         self.on_published = on_published
         self.state_log = state_log
         self.committer = committer or SourceCommitter(source)
+        self.max_backoff_s = max_backoff_s
+        self.replace_producer = replace_producer
+        self.stall_after_s = stall_after_s
+        # Per partition: when a batch of it was last committed (or it had no lag), for
+        # freshrec_partition_stalled.
+        self._progress: dict[TopicPartitionKey, float] = {}
         # Rebalance news from the consumer's listener, applied by the loop between polls (the
         # listener must not block: it runs on the client's event loop, heartbeats included).
         self._rebalances: list[tuple[str, list[TopicPartitionKey]]] = []
@@ -231,12 +241,7 @@ class Worker:
                 self._learn(batch)
             with self._timed("rank"):
                 recs = self._rank(batch.events)
-            with self._timed("publish"):
-                self._publish(recs)
-            with self._timed("state"):
-                self._write_state(batch)
-            with self._timed("commit"):
-                self.committer.commit(batch.offsets)
+            self._deliver(recs, batch)
         except Exception as err:
             if not self.committer.transactional:
                 raise  # at-least-once: the batch is redone by whoever restarts from the commit
@@ -248,6 +253,54 @@ class Worker:
         )
         self.totals = self.totals + report
         return report
+
+    def _deliver(self, recs: Sequence[UserRecommendation], batch: _Batch) -> None:
+        """Publish, write state, commit. At-least-once, a delivery that fails (broker down,
+        output topic refusing writes) is retried with growing pauses while the source holds
+        every partition: memory stays at one batch, the worker stays in its group, and nothing
+        is committed before it is delivered. Exactly-once, the failure rolls the batch back."""
+        attempt = 0
+        while True:
+            try:
+                with self._timed("publish"):
+                    self._publish(recs)
+                with self._timed("state"):
+                    self._write_state(batch)
+                break
+            except PublishError as err:
+                if self.committer.transactional or self.stopping:
+                    raise
+                attempt += 1
+                self._hold(err, attempt)
+        if attempt:
+            self.source.resume()
+            self.metrics.backpressure.set(0)
+            log.info("delivered after %d retries; taking records again", attempt)
+        with self._timed("commit"):
+            try:
+                self.committer.commit(batch.offsets)
+            except SourceError as err:
+                if self.committer.transactional:
+                    raise
+                # The group moved partitions meanwhile: their new owner redoes the batch from
+                # the last commit, and its users' state records make the redo a no-op.
+                log.warning("commit refused, the new owners will redo the batch: %s", err)
+
+    def _hold(self, err: Exception, attempt: int) -> None:
+        delay_s = min(self.max_backoff_s, 0.5 * 2 ** (attempt - 1))
+        log.warning(
+            "delivery failed (%s); retry %d in %.1fs, partitions paused", err, attempt, delay_s
+        )
+        self.metrics.backpressure.set(1)
+        self.metrics.delivery_retries.inc()
+        if self.replace_producer is not None:
+            # A producer that failed may be stuck in a fatal state: retry on a fresh one.
+            self.replace_producer()
+        deadline = time.monotonic() + delay_s
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self.source.hold(int(min(left, 0.5) * 1000))
+            self.last_step_monotonic = time.monotonic()  # alive, if not progressing
+            self._update_lag()
 
     def _roll_back(self, records: Sequence[Record], err: Exception) -> None:
         """Exactly-once: the batch's transaction is aborted, so its effects on user state are
@@ -269,6 +322,9 @@ class Worker:
     ) -> None:
         """Metrics of a committed batch (an aborted one counts nowhere: it is redone)."""
         self.batches += 1
+        now = time.monotonic()
+        for tp in batch.offsets:
+            self._progress[tp] = now
         self.metrics.events_consumed.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         for reason in batch.reasons:
@@ -402,8 +458,16 @@ class Worker:
         self.metrics.state_records_written.inc(len(snapshots))
 
     def _update_lag(self) -> None:
-        for (topic, partition), lag in self.source.lag().items():
-            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        """Lag per partition, and whether it is stalled: records waiting (lag above 0) but no
+        batch of that partition committed for ``stall_after_s``."""
+        now = time.monotonic()
+        for tp, lag in self.source.lag().items():
+            topic, partition = tp[0], str(tp[1])
+            self.metrics.consumer_lag.labels(topic=topic, partition=partition).set(lag)
+            if lag == 0 or tp not in self._progress:
+                self._progress[tp] = now
+            stalled = lag > 0 and now - self._progress[tp] >= self.stall_after_s
+            self.metrics.partition_stalled.labels(topic=topic, partition=partition).set(stalled)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

@@ -129,6 +129,22 @@ class WorkerMetrics:
             "Users restored from the state changelog",
             registry=r,
         )
+        self.backpressure = Gauge(
+            "freshrec_backpressure",
+            "1 while a batch cannot be delivered and the worker holds its partitions paused",
+            registry=r,
+        )
+        self.delivery_retries = Counter(
+            "freshrec_delivery_retries_total",
+            "Retries of a batch's delivery (outputs, state) after a failure",
+            registry=r,
+        )
+        self.partition_stalled = Gauge(
+            "freshrec_partition_stalled",
+            "1 when a partition has lag that has not shrunk for --stall-after-s seconds",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.transactions_aborted = Counter(
             "freshrec_transactions_aborted_total",
             "Exactly-once batches rolled back (and redone from the committed offsets)",

@@ -9,7 +9,7 @@ from learner.types import UserRecommendation
 from serving.codec import encode_recommendation
 from serving.exceptions import PublishError
 
-__all__ = ["InMemoryPublisher", "KafkaPublisher", "Publisher", "flush_sends"]
+__all__ = ["InMemoryPublisher", "KafkaPublisher", "Publisher", "flush_sends", "send_or_raise"]
 
 
 def flush_sends(producer: Any, pending: Sequence[Any], timeout_s: float, what: str) -> None:
@@ -25,6 +25,16 @@ def flush_sends(producer: Any, pending: Sequence[Any], timeout_s: float, what: s
     if failed:
         first = failed[0].exception if failed[0].is_done else "not delivered in time"
         raise PublishError(f"{len(failed)} of {len(pending)} {what} failed: {first}")
+
+
+def send_or_raise(producer: Any, topic: str, **kwargs: Any) -> Any:
+    """``producer.send`` with its failures (a full buffer or missing metadata for longer than
+    ``max_block_ms``, a closed producer) raised as :class:`PublishError`, which the worker
+    answers with a retry, as it does a failed flush."""
+    try:
+        return producer.send(topic, **kwargs)
+    except Exception as err:  # kafka-python raises KafkaTimeoutError and others
+        raise PublishError(f"send to {topic} failed: {err}") from err
 
 
 class Publisher(Protocol):
@@ -73,8 +83,11 @@ class KafkaPublisher:
     def publish(self, recs: Sequence[UserRecommendation]) -> None:
         for rec in recs:
             self._pending.append(
-                self.producer.send(
-                    self.topic, key=rec.user_id.encode("utf-8"), value=encode_recommendation(rec)
+                send_or_raise(
+                    self.producer,
+                    self.topic,
+                    key=rec.user_id.encode("utf-8"),
+                    value=encode_recommendation(rec),
                 )
             )
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+METRICS_URL = re.compile(r"metrics on (http://\S+/metrics)")
 
 
 def read_topic(
@@ -98,3 +104,24 @@ def topic_exists(bootstrap: str, topic: str) -> bool:
         return topic in consumer.topics()
     finally:
         consumer.close()
+
+
+def metrics_url(log: Path, timeout_s: float = 120.0) -> str:
+    """The /metrics address a worker process logged at start."""
+    assert wait_for(
+        lambda: log.exists() and METRICS_URL.search(log.read_text(errors="replace")) is not None,
+        timeout_s,
+    ), log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    return METRICS_URL.findall(log.read_text(errors="replace"))[0]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A worker's /metrics as ``name{label="value",...}`` -> value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out

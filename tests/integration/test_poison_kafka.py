@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.app import KafkaWorker
 from consumer.codec import Limits, encode_event, encode_item
@@ -33,13 +32,12 @@ from consumer.source import Record
 from consumer.topics import ensure_topics
 from learner.types import Event, Item
 from tests.fixtures.poison import PoisonCase, poison_corpus
-from tests.integration.helpers import read_topic, wait_for
+from tests.integration.helpers import metrics_url, read_topic, scrape, wait_for
 
 pytestmark = pytest.mark.integration
 
 # Lowered from 1 MiB so that records over it still fit the broker's own 1 MiB limit.
 MAX_EVENT_BYTES = 256 << 10
-METRICS_URL = re.compile(r"metrics on (http://\S+/metrics)")
 SUMMARY = re.compile(r"consumed=(\d+) processed=(\d+) rejected=(\d+) published=(\d+)")
 KNOWN_CRASHES = {
     "null_key_and_value",  # kafka-python cannot produce it; see test_a_record_without_...
@@ -82,18 +80,6 @@ def _start_worker(config: WorkerConfig, log: Path) -> subprocess.Popen[bytes]:
 
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
-
-
-def _scrape(url: str) -> dict[str, float]:
-    """The worker's /metrics as ``name{label="value",...}`` -> value."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def _rejected_by_reason(metrics: dict[str, float]) -> dict[str, float]:
@@ -183,12 +169,11 @@ def test_worker_fed_the_poison_corpus_stays_up_and_dead_letters_exactly_the_bad_
     log = tmp_path / "worker.log"
     worker = _start_worker(config, log)
     try:
-        assert wait_for(lambda: METRICS_URL.search(log.read_text()) is not None, 120), _tail(log)
-        url = METRICS_URL.findall(log.read_text())[0]
+        url = metrics_url(log)
 
         def done() -> bool:
             try:
-                consumed = _scrape(url).get("freshrec_events_consumed_total", 0.0)
+                consumed = scrape(url).get("freshrec_events_consumed_total", 0.0)
             except OSError:  # URLError included: the worker stopped serving
                 consumed = 0.0
             return worker.poll() is not None or consumed >= produced  # dead ends it too
@@ -198,7 +183,7 @@ def test_worker_fed_the_poison_corpus_stays_up_and_dead_letters_exactly_the_bad_
         with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=5) as health:
             assert health.status == 200
 
-        metrics = _scrape(url)
+        metrics = scrape(url)
         rejected = _rejected_by_reason(metrics)
         assert metrics["freshrec_events_consumed_total"] == produced
         assert metrics["freshrec_events_processed_total"] + sum(rejected.values()) == produced

@@ -199,18 +199,28 @@ def test_without_a_changelog_a_revoke_keeps_users_in_memory(
 
 
 class FailingStateLog(InMemoryStateLog):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
     def flush(self) -> None:
-        raise PublishError("broker gone")
+        if self.failures:
+            self.failures -= 1
+            raise PublishError("broker gone")
 
 
-def test_offsets_are_not_committed_when_the_state_cannot_be_written(
+def test_offsets_wait_for_the_state_to_be_written(
     make_worker: Callable[..., Any], event_record: Callable[..., Record]
 ) -> None:
     source = InMemorySource(stream(event_record, 4))
-    rig = make_worker(source=source, state_log=FailingStateLog(), batch_size=4)
-    with pytest.raises(PublishError):
-        rig.worker.step()
-    assert source.committed == {}
+    state = FailingStateLog(failures=2)
+    commits: list[int] = []
+    real_commit = source.commit
+    source.commit = lambda offsets: (commits.append(state.failures), real_commit(offsets))  # type: ignore[method-assign]
+    rig = make_worker(source=source, state_log=state, batch_size=4, max_backoff_s=0.01)
+    rig.worker.step()
+    assert commits == [0]  # one commit, after the last failure
+    assert set(state.partitions[0]) == {"u0", "u2"}
 
 
 # -- exactly-once: a rolled-back batch is redone and counts once -----------------------------

@@ -227,28 +227,46 @@ def test_offsets_of_good_and_bad_records_are_committed_per_partition(
     assert rig.source.committed == {(TOPIC, 0): 12, (TOPIC, 1): 9}
 
 
-class FailingPublisher(InMemoryPublisher):
+class FlakyPublisher(InMemoryPublisher):
+    """Fails its first ``failures`` flushes (a broker outage, a blocked output topic); on
+    ``stop_on`` it also asks the worker to stop, as SIGTERM would mid-outage."""
+
+    def __init__(self, failures: int, stop_on: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.failures, self.stop_on = failures, stop_on
+
     def flush(self) -> None:
-        raise PublishError("broker unreachable")
+        if self.failures:
+            self.failures -= 1
+            if self.stop_on is not None:
+                self.stop_on()
+            raise PublishError("broker unreachable")
+        super().flush()
 
 
-def test_nothing_is_committed_when_publishing_fails(
+def test_a_failed_delivery_is_retried_with_partitions_held_and_committed_once_delivered(
     make_worker: MakeWorker, event_record: EventRecord
 ) -> None:
-    rig = make_worker([event_record(0), event_record(1)], publisher=FailingPublisher())
+    publisher = FlakyPublisher(failures=3)
+    rig = make_worker([event_record(0), event_record(1)], publisher=publisher, max_backoff_s=0.01)
+    report = rig.worker.step()
+    assert report.processed == 2 and report.published == 1
+    assert rig.source.holds >= 3  # polled with partitions paused between attempts
+    assert rig.source.committed == {(TOPIC, 0): 2}
+    assert rig.sample("freshrec_delivery_retries_total") == 3
+    assert rig.sample("freshrec_backpressure") == 0
+    assert rig.sample("freshrec_events_processed_total") == 2
+
+
+def test_a_stop_during_a_failing_delivery_ends_the_loop_without_committing(
+    make_worker: MakeWorker, event_record: EventRecord
+) -> None:
+    rig = make_worker([event_record(i) for i in range(4)], max_backoff_s=0.01)
+    rig.worker.publisher = FlakyPublisher(failures=99, stop_on=rig.worker.stop)
     with pytest.raises(PublishError, match="broker unreachable"):
-        rig.worker.step()
-    assert rig.source.committed == {}
-    assert rig.sample("freshrec_events_processed_total") == 0
-
-
-def test_run_propagates_a_publish_failure_without_committing(
-    make_worker: MakeWorker, event_record: EventRecord
-) -> None:
-    rig = make_worker([event_record(i) for i in range(4)], publisher=FailingPublisher())
-    with pytest.raises(PublishError):
         rig.worker.run(max_batches=3)
     assert rig.source.committed == {}
+    assert rig.sample("freshrec_events_processed_total") == 0
 
 
 class LoggingSource(InMemorySource):
