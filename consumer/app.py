@@ -11,6 +11,7 @@ import torch
 from consumer.codec import Limits
 from consumer.config import WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
+from consumer.security import kafka_security_settings
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import ensure_topics
 from consumer.worker import Worker
@@ -70,6 +71,7 @@ def kafka_producer(config: WorkerConfig, **overrides: Any) -> Any:
         "batch_size": 256 * 1024,
         "max_request_size": config.max_event_bytes + (64 << 10),
         "retries": 10,
+        **kafka_security_settings(config),
     }
     settings.update(overrides)
     return KafkaProducer(**settings)
@@ -87,6 +89,7 @@ def _consumer(config: WorkerConfig, **overrides: Any) -> Any:
         "allow_auto_create_topics": False,
         "fetch_max_bytes": max(52_428_800, config.max_event_bytes * 2),
         "max_partition_fetch_bytes": max(1 << 20, config.max_event_bytes + (64 << 10)),
+        **kafka_security_settings(config),
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)
@@ -124,7 +127,9 @@ def build_worker(
 
     if config.create_topics:
         admin = KafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers.split(","), client_id=config.client_id
+            bootstrap_servers=config.bootstrap_servers.split(","),
+            client_id=config.client_id,
+            **kafka_security_settings(config),
         )
         try:
             ensure_topics(admin, config)
