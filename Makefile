@@ -18,6 +18,8 @@ VENV := .venv
 KAFKA := deploy/kafka/local-kafka.sh
 # The test broker listens on its own port so that it never collides with `make run`'s.
 TEST_KAFKA_PORT ?= 19092
+# The security tests start a broker with a SASL_SSL listener of their own, on this port + 2.
+TEST_SECURE_KAFKA_PORT ?= $(shell expr $(TEST_KAFKA_PORT) + 10)
 DURATION ?=
 
 .PHONY: setup run test test-reliability unit integration kafka-start kafka-stop lint clean
@@ -65,13 +67,16 @@ run: setup
 # The whole suite: unit tests and doctests, then integration tests against a real broker that
 # this target starts on $(TEST_KAFKA_PORT) and stops again, whatever the tests' outcome. The
 # fault tests that kill, freeze and restart worker processes (marked `reliability`, minutes
-# each) run in `make test-reliability`; CI runs both.
+# each) run in `make test-reliability`; CI runs both. The security tests start and stop the
+# secured broker on $(TEST_SECURE_KAFKA_PORT) themselves; the last stop here only catches one
+# that a killed pytest left behind.
 test: setup
 	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
 	$(KAFKA) start || exit 1; \
-	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest \
+	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
+	FRESHREC_TEST_SECURE_KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) $(VENV)/bin/python -m pytest \
 		-m "not reliability" tests consumer learner serving bench; status=$$?; \
-	$(KAFKA) stop; exit $$status
+	$(KAFKA) stop; FRESHREC_KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) $(KAFKA) stop; exit $$status
 
 test-reliability: setup
 	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
@@ -85,8 +90,10 @@ unit: setup
 
 integration: setup
 	@export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); $(KAFKA) start || exit 1; \
-	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(VENV)/bin/python -m pytest tests/integration; \
-	status=$$?; $(KAFKA) stop; exit $$status
+	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
+	FRESHREC_TEST_SECURE_KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) \
+		$(VENV)/bin/python -m pytest tests/integration; status=$$?; \
+	$(KAFKA) stop; FRESHREC_KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) $(KAFKA) stop; exit $$status
 
 lint: setup
 	$(VENV)/bin/python -m ruff check consumer learner serving tests bench

@@ -14,6 +14,7 @@ from consumer.codec import Limits
 from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
+from consumer.security import kafka_security_settings
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import dlq_record_bytes, ensure_topics
 from consumer.transactions import (
@@ -79,6 +80,7 @@ def kafka_producer(config: WorkerConfig, **overrides: Any) -> Any:
         "batch_size": PRODUCER_BATCH_BYTES,
         "max_request_size": dlq_record_bytes(config),
         "retries": 10,
+        **kafka_security_settings(config),
     }
     settings.update(overrides)
     return KafkaProducer(**settings)
@@ -96,6 +98,7 @@ def _consumer(config: WorkerConfig, **overrides: Any) -> Any:
         "allow_auto_create_topics": False,
         "fetch_max_bytes": max(52_428_800, config.max_event_bytes * 2),
         "max_partition_fetch_bytes": max(1 << 20, config.max_event_bytes + (64 << 10)),
+        **kafka_security_settings(config),
     }
     settings.update(overrides)
     return KafkaConsumer(**settings)
@@ -136,7 +139,9 @@ def build_worker(
 
     if config.create_topics:
         admin = KafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers.split(","), client_id=config.client_id
+            bootstrap_servers=config.bootstrap_servers.split(","),
+            client_id=config.client_id,
+            **kafka_security_settings(config),
         )
         try:
             ensure_topics(admin, config)

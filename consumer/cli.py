@@ -11,7 +11,14 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from consumer.config import WorkerConfig, add_arguments, config_from_args, env_name
+from consumer.config import (
+    SECURITY_SETTINGS,
+    WorkerConfig,
+    add_arguments,
+    config_from_args,
+    describe,
+    env_name,
+)
 from consumer.exceptions import FreshrecError
 
 __all__ = ["main"]
@@ -31,6 +38,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Also keeps kafka-python's DEBUG lines out, one of which prints a client's whole
+    # configuration, SASL password included.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # FAISS logs at INFO each optional SIMD build it cannot load, as a multi-line "error".
     logging.getLogger("faiss").setLevel(logging.WARNING)
@@ -40,16 +49,26 @@ def _env_default(name: str, default: str) -> str:
     return os.environ.get(env_name(name), default)
 
 
+def _security(args: argparse.Namespace) -> WorkerConfig:
+    """The security settings of a command that has only those (and --bootstrap-servers)."""
+    given = {name: getattr(args, name) for name in SECURITY_SETTINGS if hasattr(args, name)}
+    config: WorkerConfig = config_from_args(argparse.Namespace(**given))
+    return config
+
+
 # -- worker --------------------------------------------------------------------------------
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker
+    from consumer.security import check_kafka_login
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
 
     config: WorkerConfig = config_from_args(args)
     _setup_logging(config.log_level)
+    log.info("settings: %s", describe(config))
+    check_kafka_login(config, config.bootstrap_servers)
     metrics = WorkerMetrics()
     holder: dict[str, object] = {}
     server = MetricsServer(
@@ -117,10 +136,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_topics(args: argparse.Namespace) -> int:
     from kafka import KafkaAdminClient
 
+    from consumer.security import check_kafka_login, kafka_security_settings
     from consumer.topics import ensure_topics
 
     config: WorkerConfig = config_from_args(args)
-    admin = KafkaAdminClient(bootstrap_servers=config.bootstrap_servers.split(","))
+    check_kafka_login(config, config.bootstrap_servers)
+    admin = KafkaAdminClient(
+        bootstrap_servers=config.bootstrap_servers.split(","), **kafka_security_settings(config)
+    )
     try:
         created = ensure_topics(admin, config)
     finally:
@@ -134,11 +157,15 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from consumer.replay import replay
+    from consumer.security import check_kafka_login, kafka_security_settings
 
     _setup_logging("INFO")
+    security = _security(args)
+    check_kafka_login(security, args.bootstrap_servers)
     replay(
         dataset=args.dataset,
         bootstrap_servers=args.bootstrap_servers,
+        kafka_settings=kafka_security_settings(security),
         topic_prefix=args.topic_prefix,
         rate=args.rate,
         limit=args.limit,
@@ -156,11 +183,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from consumer.security import check_kafka_login, kafka_security_settings
     from consumer.watch import watch
 
     _setup_logging("WARNING")
+    security = _security(args)
+    check_kafka_login(security, args.bootstrap_servers)
     watch(
         bootstrap_servers=args.bootstrap_servers,
+        kafka_settings=kafka_security_settings(security),
         topic_prefix=args.topic_prefix,
         metrics_url=args.metrics_url,
         users=args.users,
@@ -231,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
         default=_env_default("topic_prefix", "freshrec."),
         help="prefix of topic names [env FRESHREC_TOPIC_PREFIX]",
     )
+    add_arguments(common, only=SECURITY_SETTINGS)
 
     replay = sub.add_parser(
         "replay",

@@ -8,22 +8,80 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from consumer.exceptions import ConfigError
 
-__all__ = ["ENV_PREFIX", "WorkerConfig", "add_arguments", "config_from_args", "env_name"]
+__all__ = [
+    "ENV_PREFIX",
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "SECURITY_SETTINGS",
+    "Secret",
+    "WorkerConfig",
+    "add_arguments",
+    "config_from_args",
+    "describe",
+    "env_name",
+]
 
 ENV_PREFIX = "FRESHREC_"
 # The producer's batch.size: the worker flushes once per micro-batch, so large batches let a
 # micro-batch's records share requests.
 PRODUCER_BATCH_BYTES = 256 * 1024
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+
+
+class Secret:
+    """A setting's value that must never be printed: ``repr`` and ``str`` mask it.
+
+    Only :meth:`reveal` gives the value, at the one place that hands it to a client. Not a
+    dataclass, so ``dataclasses.asdict`` of a config keeps it masked too.
+
+    Examples
+    --------
+    >>> s = Secret("hunter2")
+    >>> s, str(s), f"{s}", s.reveal()
+    (Secret('********'), '********', '********', 'hunter2')
+    >>> bool(s), bool(Secret("")), Secret("")
+    (True, False, Secret(''))
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "********" if self._value else ""
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
 
 
 def _setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _secret(help: str) -> Any:
+    """A setting read from its environment variable only: a flag's value would show in ``ps``."""
+    return field(default=Secret(""), metadata={"help": help, "choices": None, "env_only": True})
 
 
 def env_name(name: str) -> str:
@@ -158,10 +216,43 @@ class WorkerConfig:
     max_event_bytes: int = _setting(1 << 20, "records larger than this go to the DLQ")
     max_id_bytes: int = _setting(256, "ids longer than this (UTF-8 bytes) go to the DLQ")
     max_future_ms: int = _setting(86_400_000, "events further ahead of the clock go to the DLQ")
-    metrics_host: str = _setting("0.0.0.0", "address of the /metrics, /healthz, /readyz server")
+    metrics_host: str = _setting(
+        "0.0.0.0",
+        "address of the /metrics, /healthz, /readyz server (127.0.0.1: this machine only)",
+    )
     metrics_port: int = _setting(9108, "port of the metrics server (0: pick a free one)")
     log_level: str = _setting(
         "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    # -- security: how every Kafka client authenticates and encrypts (issue 5) ------------------
+    # consumer/security.py turns these into kafka-python's keyword arguments.
+    security_protocol: str = _setting(
+        "PLAINTEXT",
+        "Kafka security protocol: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT, SASL_SSL (SASL over TLS)",
+        choices=SECURITY_PROTOCOLS,
+    )
+    sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512", "SASL mechanism (SASL_* protocols)", choices=SASL_MECHANISMS
+    )
+    sasl_username: str = _setting("", "SASL user name (SASL_* protocols)")
+    sasl_password: Secret = _secret(  # noqa: RUF009 - a field() whose default is immutable
+        "SASL password (SASL_* protocols), or use --sasl-password-file; never logged"
+    )
+    sasl_password_file: str = _setting(
+        "", "file holding the SASL password (one trailing newline ignored), instead of the variable"
+    )
+    ssl_cafile: str = _setting(
+        "",
+        "CA certificates (PEM) that signed the brokers' certificates (SSL, SASL_SSL; "
+        "default: the system's trust store)",
+    )
+    ssl_certfile: str = _setting(
+        "", "client certificate chain (PEM) for brokers that require TLS client authentication"
+    )
+    ssl_keyfile: str = _setting("", "private key (PEM, unencrypted) of --ssl-certfile")
+    ssl_check_hostname: bool = _setting(
+        True, "check that a broker's certificate names the host it was reached at"
     )
 
     @property
@@ -195,13 +286,74 @@ def _parse_bool(text: str) -> bool:
 
 
 def _converter(kind: Any) -> Any:
-    return {"int": int, "float": float, "bool": _parse_bool, "str": str}[str(kind)]
+    converters = {"int": int, "float": float, "bool": _parse_bool, "str": str, "Secret": Secret}
+    return converters[str(kind)]
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = WorkerConfig) -> None:
-    """Add one ``--flag`` per setting of ``cls``; help shows the variable and the default."""
+# The settings of Kafka security, which every command that talks to Kafka takes.
+SECURITY_SETTINGS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "sasl_password_file",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
+
+
+class _RefuseSecretFlag(argparse.Action):
+    """A flag for a secret: an error that points to the variable and never shows the value."""
+
+    def __init__(self, *args: Any, variable: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.variable = variable
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted, as its value would show in `ps`: set "
+            f"{self.variable} instead (see --help)"
+        )
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type[Any] = WorkerConfig,
+    only: Collection[str] | None = None,
+) -> None:
+    """Add one ``--flag`` per setting of ``cls`` (or of those named in ``only``); help shows
+    the variable and the default. Secrets get no flag, whose value would show in ``ps``: a
+    section of the help names their variables instead."""
+    chosen = [f for f in fields(cls) if only is None or f.name in only]
     group = parser.add_argument_group("settings (flag, or environment variable)")
-    for f in fields(cls):
+    secrets = "\n".join(
+        f"{env_name(f.name)}: {f.metadata['help']}" for f in chosen if f.metadata.get("env_only")
+    )
+    if secrets:
+        parser.add_argument_group(
+            "secrets (environment variable only: a flag's value would show in `ps`)",
+            secrets.replace("%", "%%"),
+        )
+    for f in chosen:
+        if f.metadata.get("env_only"):
+            # Taken, and refused, so that argparse does not read it as an abbreviation of a
+            # longer flag (--sasl-password as --sasl-password-file, echoing the password).
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                nargs="?",
+                action=_RefuseSecretFlag,
+                help=argparse.SUPPRESS,
+                variable=env_name(f.name),
+            )
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {default!r}]"
@@ -246,9 +398,48 @@ def config_from_args(
                 values[f.name] = _converter(f.type)(raw)
             except ValueError as err:
                 raise ConfigError(f"{env_name(f.name)}={raw!r}: {err}") from err
+    _read_password_file(values, origin)
     config = cls(**values)
     _validate(config, origin)
     return config
+
+
+def describe(config: Any) -> str:
+    """The settings that differ from their defaults, for the start-up log; secrets masked.
+
+    Examples
+    --------
+    >>> describe(WorkerConfig(top_k=5, sasl_password=Secret("hunter2")))
+    "top_k=5 sasl_password=Secret('********')"
+    >>> describe(WorkerConfig())
+    'all defaults'
+    """
+    changed = [
+        f"{f.name}={getattr(config, f.name)!r}"
+        for f in fields(config)
+        if getattr(config, f.name) != f.default
+    ]
+    return " ".join(changed) or "all defaults"
+
+
+def _read_password_file(values: dict[str, Any], origin: dict[str, str]) -> None:
+    """Read --sasl-password-file into the password, once, at start."""
+    path = values.get("sasl_password_file")
+    if not path:
+        return
+    if "sasl_password" in values:
+        raise ConfigError(
+            f"{env_name('sasl_password')} and sasl_password_file (from "
+            f"{origin['sasl_password_file']}) are both set; use one"
+        )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        where = f"sasl_password_file (from {origin['sasl_password_file']})"
+        raise ConfigError(f"{where}: cannot read {path}: {reason}") from err
+    values["sasl_password"] = Secret(text.removesuffix("\n").removesuffix("\r"))
+    origin["sasl_password"] = origin["sasl_password_file"]
 
 
 def _validate(config: Any, origin: Mapping[str, str]) -> None:
@@ -265,3 +456,41 @@ def _validate(config: Any, origin: Mapping[str, str]) -> None:
     for positive in ("batch_size", "top_k", "partitions", "replication_factor"):
         if getattr(config, positive, 1) < 1:
             raise ConfigError(f"{where(positive)} must be at least 1")
+    if hasattr(config, "security_protocol"):
+        _validate_security(config, where)
+
+
+def _validate_security(config: Any, where: Callable[[str], str]) -> None:
+    # Credentials or TLS files the chosen protocol would silently ignore are a mistake worth
+    # stopping for: the operator meant the connection to be secured.
+    protocol = config.security_protocol
+    sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    tls = protocol in ("SSL", "SASL_SSL")
+    if sasl:
+        if not config.sasl_username:
+            raise ConfigError(f"{where('security_protocol')} {protocol} needs sasl_username")
+        if not config.sasl_password:
+            raise ConfigError(
+                f"{where('security_protocol')} {protocol} needs a password: "
+                f"{env_name('sasl_password')} or sasl_password_file"
+            )
+    else:
+        for name in ("sasl_username", "sasl_password", "sasl_password_file"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"{where(name)} is set but security_protocol is {protocol}; "
+                    "SASL settings apply to SASL_PLAINTEXT and SASL_SSL only"
+                )
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(config, name)
+        if not path:
+            continue
+        if not tls:
+            raise ConfigError(
+                f"{where(name)} is set but security_protocol is {protocol}; "
+                "TLS settings apply to SSL and SASL_SSL only"
+            )
+        if not Path(path).is_file():
+            raise ConfigError(f"{where(name)}: no such file: {path}")
+    if config.ssl_keyfile and not config.ssl_certfile:
+        raise ConfigError(f"{where('ssl_keyfile')} needs ssl_certfile")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from learner.exceptions import FreshrecError
 
-__all__ = ["ConfigError", "ConsumerError", "DecodeError", "FreshrecError", "SourceError"]
+__all__ = [
+    "ConfigError",
+    "ConsumerError",
+    "DecodeError",
+    "FreshrecError",
+    "KafkaSecurityError",
+    "SourceError",
+]
 
 
 class ConsumerError(FreshrecError):
@@ -13,6 +20,10 @@ class ConsumerError(FreshrecError):
 
 class ConfigError(ConsumerError):
     """A setting has a value the worker cannot use."""
+
+
+class KafkaSecurityError(ConsumerError):
+    """Kafka refused the login, or the TLS handshake with a broker failed."""
 
 
 class SourceError(ConsumerError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -93,8 +93,10 @@ def replay(
     synthetic_events: int = 200_000,
     seed: int = 0,
     progress: bool = True,
+    kafka_settings: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
-    """Publish a dataset; returns (items sent, events sent)."""
+    """Publish a dataset; returns (items sent, events sent). ``kafka_settings`` (security, from
+    ``consumer.security.kafka_security_settings``) go to the producer."""
     from kafka import KafkaProducer
 
     items, events = load_dataset(
@@ -107,6 +109,7 @@ def replay(
         acks="all",
         linger_ms=20,
         batch_size=256 * 1024,
+        **(kafka_settings or {}),
     )
     n_items = n_events = 0
     try:

@@ -59,7 +59,12 @@ def ensure_topics(admin: Any, config: WorkerConfig) -> list[str]:
 
     existing = set(admin.list_topics())
     created = []
-    for name, (partitions, configs) in topic_specs(config).items():
+    specs = topic_specs(config)
+    if config.events_topic in existing and config.state_topic not in existing:
+        # The state topic follows the events topic that is there, whatever --partitions says.
+        (described,) = admin.describe_topics([config.events_topic])
+        specs[config.state_topic] = (len(described["partitions"]), specs[config.state_topic][1])
+    for name, (partitions, configs) in specs.items():
         if name in existing:
             continue
         try:

@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from consumer.codec import decode_item
@@ -33,14 +34,16 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def _consumer(bootstrap: str) -> Any:
+def _consumer(bootstrap: str, kafka_settings: Mapping[str, Any]) -> Any:
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **kafka_settings
+    )
 
 
-def _titles(bootstrap: str, topic: str) -> dict[str, str]:
-    feed = ItemFeed(_consumer(bootstrap), topic)
+def _titles(bootstrap: str, topic: str, kafka_settings: Mapping[str, Any]) -> dict[str, str]:
+    feed = ItemFeed(_consumer(bootstrap, kafka_settings), topic)
     titles: dict[str, str] = {}
     try:
         for records in feed.read_to_end():
@@ -64,10 +67,13 @@ def watch(
     users: int = 5,
     duration_s: float = 0.0,
     per_user: int = 5,
+    kafka_settings: Mapping[str, Any] | None = None,
 ) -> int:
-    """Follow the output topic until ``duration_s`` passes (0: until Ctrl-C)."""
-    titles = _titles(bootstrap_servers, f"{topic_prefix}items")
-    consumer = _consumer(bootstrap_servers)
+    """Follow the output topic until ``duration_s`` passes (0: until Ctrl-C). ``kafka_settings``
+    (security, from ``consumer.security.kafka_security_settings``) go to the consumers."""
+    settings = dict(kafka_settings or {})
+    titles = _titles(bootstrap_servers, f"{topic_prefix}items", settings)
+    consumer = _consumer(bootstrap_servers, settings)
     assign_whole_topic(consumer, f"{topic_prefix}recommendations", from_beginning=False)
     latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
     received = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,16 @@ def read_topic(
     until: Callable[[list[Any]], bool] = lambda records: False,
     timeout_s: float = 30.0,
     isolation_level: str = "read_uncommitted",
+    settings: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """All records of ``topic`` from the beginning: until ``until(records)`` holds, or until
-    the end offsets are reached once no more are expected, within ``timeout_s``."""
+    the end offsets are reached once no more are expected, within ``timeout_s``. ``settings``
+    are more client keyword arguments (security, for a secured listener)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        **(settings or {}),
     )
     try:
         deadline = time.monotonic() + timeout_s
@@ -57,11 +62,20 @@ def _never(records: list[Any]) -> bool:
 
 
 def read_all(
-    bootstrap: str, topic: str, timeout_s: float = 30.0, isolation_level: str = "read_uncommitted"
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30.0,
+    isolation_level: str = "read_uncommitted",
+    settings: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """Every record now in ``topic`` (committed ones only with ``read_committed``)."""
     return read_topic(
-        bootstrap, topic, until=_never, timeout_s=timeout_s, isolation_level=isolation_level
+        bootstrap,
+        topic,
+        until=_never,
+        timeout_s=timeout_s,
+        isolation_level=isolation_level,
+        settings=settings,
     )
 
 
@@ -98,8 +112,8 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, step_s: float = 0.
     return condition()
 
 
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+def topic_exists(bootstrap: str, topic: str, settings: Mapping[str, Any] | None = None) -> bool:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **(settings or {}))
     try:
         return topic in consumer.topics()
     finally:
