@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +18,7 @@ from consumer.codec import Limits
 from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
+from consumer.residency import LocalStateStore, Residency
 from consumer.security import kafka_security_settings
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
 from consumer.topics import dlq_record_bytes, ensure_topics
@@ -114,6 +119,7 @@ class KafkaWorker:
     item_feed: ItemFeed
     producer: Any
     state_log: KafkaStateLog | None = None
+    residency: Residency | None = None
 
     def close(self) -> None:
         try:
@@ -123,6 +129,8 @@ class KafkaWorker:
             self.item_feed.close()
             if self.state_log is not None:
                 self.state_log.close()
+            if self.residency is not None:
+                self.residency.store.close()
             self.producer.close(timeout=10)
 
 
@@ -207,6 +215,24 @@ def build_worker(
             flush_timeout_s=config.delivery_timeout_s,
         )
         _check_partitions(state_log.consumer, config)
+    residency = None
+    if config.max_users_in_memory > 0 or config.idle_user_ttl_s > 0:
+        if state_log is None:
+            raise ConfigError(
+                "--max-users-in-memory and --idle-user-ttl-s need --state-changelog true: "
+                "users leaving memory come back from it"
+            )
+        state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="freshrec-state-"))
+        residency = Residency(
+            recommender,
+            LocalStateStore(
+                state_dir / f"{config.client_id}-{os.getpid()}.sqlite",
+                remove_dir=not config.state_dir,
+            ),
+            max_users=config.max_users_in_memory or sys.maxsize,
+            idle_ttl_s=config.idle_user_ttl_s,
+        )
+        log.info("users beyond %d in memory wait in %s", residency.max_users, state_dir)
     committer = (
         TransactionalCommitter(
             producer,
@@ -237,8 +263,9 @@ def build_worker(
         max_backoff_s=config.max_backoff_s,
         stall_after_s=config.stall_after_s,
         replace_producer=producer.replace,
+        residency=residency,
     )
-    return KafkaWorker(config, worker, source, item_feed, producer, state_log)
+    return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency)
 
 
 def _check_partitions(consumer: Any, config: WorkerConfig) -> None:

@@ -157,6 +157,22 @@ class WorkerConfig:
         "write every user's state to the compacted state topic and restore a partition's "
         "users from it when the partition is assigned (off: state lives in memory only)",
     )
+    max_users_in_memory: int = _setting(
+        0,
+        "keep at most this many users in memory, least recently used out first, the others in "
+        "a local SQLite cache of the state changelog, loaded on their next event (0: all in "
+        "memory); needs --state-changelog",
+    )
+    idle_user_ttl_s: float = _setting(
+        0.0,
+        "also move users without an event for this long out of memory (0: never); needs "
+        "--state-changelog",
+    )
+    state_dir: str = _setting(
+        "",
+        "directory of the local user-state cache (default: a new temporary directory); it is "
+        "rebuilt from the changelog on every assignment, so it may live on ephemeral disk",
+    )
     delivery_timeout_s: float = _setting(
         30.0,
         "how long a batch's outputs (recommendations, dead letters, state) may take to be "

@@ -18,6 +18,7 @@ from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError, SourceError
+from consumer.residency import Residency
 from consumer.source import Record, Source, TopicPartitionKey
 from consumer.transactions import Committer, SourceCommitter, TransactionAborted
 from learner.online_metrics import HitRateTracker
@@ -108,6 +109,7 @@ class Worker:
         max_backoff_s: float = 10.0,
         stall_after_s: float = 60.0,
         replace_producer: Callable[[], None] | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -124,6 +126,7 @@ class Worker:
         self.committer = committer or SourceCommitter(source)
         self.max_backoff_s = max_backoff_s
         self.replace_producer = replace_producer
+        self.residency = residency
         self.stall_after_s = stall_after_s
         # Per partition: when a batch of it was last committed (or it had no lag), for
         # freshrec_partition_stalled.
@@ -175,6 +178,8 @@ class Worker:
             partitions = sorted({p for _, p in tps})
             if kind == "revoke":
                 dropped = users.remove(users.users_of_shards(partitions))
+                if self.residency is not None:
+                    self.residency.forget(partitions)
                 log.info("revoked partitions %s: %d users let go", partitions, dropped)
             else:
                 self.restore(partitions)
@@ -185,7 +190,10 @@ class Worker:
         total = 0
         start = time.perf_counter()
         for partition, snapshots in self.state_log.restore(partitions):
-            restored = self.recommender.restore_users(snapshots, shard=partition)
+            if self.residency is not None:  # to the local store; loaded on their next event
+                restored = self.residency.restore(partition, snapshots)
+            else:
+                restored = self.recommender.restore_users(snapshots, shard=partition)
             seconds = time.perf_counter() - start
             self.metrics.state_restore_seconds.observe(seconds)
             self.metrics.state_restored_users.inc(restored)
@@ -313,6 +321,8 @@ class Worker:
         partitions = sorted({r.partition for r in records})
         users = self.recommender.users
         users.remove(users.users_of_shards(partitions))
+        if self.residency is not None:
+            self.residency.forget(partitions)
         if self.state_log is not None:
             self.restore(partitions)
         self.source.rewind()
@@ -344,6 +354,9 @@ class Worker:
         self.metrics.set_model_version(self.recommender.model_version)
         if self.on_published is not None:
             self.on_published(recs)
+        if self.residency is not None:
+            self.metrics.users_evicted.inc(self.residency.evict())
+            self.metrics.users_in_state.set(len(self.recommender.users))
 
     def _poll_items(self) -> int:
         if self.items is None:
@@ -418,6 +431,9 @@ class Worker:
     def _learn(self, batch: _Batch) -> None:
         if not batch.events:
             return
+        if self.residency is not None:
+            loaded = self.residency.admit(batch.partition_of_users())
+            self.metrics.users_loaded.inc(loaded)
         update = self.hit_rate.observe((ev.user_id, ev.item_id) for ev in batch.events)
         if update.trials:
             self.metrics.online_hit_trials.inc(update.trials)

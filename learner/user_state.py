@@ -311,6 +311,10 @@ class UserStateStore:
         wanted = np.isin(self._shard, np.asarray(shards, dtype=np.int16))
         return [uid for uid, row in self._rows.items() if wanted[row]]
 
+    def shards_of(self, user_ids: Sequence[str]) -> list[int]:
+        """The shard tag of each (known) user."""
+        return [int(self._shard[self._rows[uid]]) for uid in user_ids]
+
     def remove(self, user_ids: Sequence[str]) -> int:
         """Forget users entirely (their rows are reused); returns how many were known."""
         removed = 0

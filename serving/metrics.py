@@ -145,6 +145,16 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.users_evicted = Counter(
+            "freshrec_users_evicted_total",
+            "Users written to the local store and dropped from memory (over the bound, or idle)",
+            registry=r,
+        )
+        self.users_loaded = Counter(
+            "freshrec_users_loaded_total",
+            "Users loaded from the local store on their next event",
+            registry=r,
+        )
         self.transactions_aborted = Counter(
             "freshrec_transactions_aborted_total",
             "Exactly-once batches rolled back (and redone from the committed offsets)",

@@ -142,9 +142,10 @@ def test_kill_9_mid_stream_then_restarts_keep_every_users_state(
     assert_same_state(changelog(bootstrap, prefix), reference(encoder, items, events))
 
     # Another restart, with nothing in memory, and one more event per user: each new state is
-    # the restored state with that event folded in.
+    # the restored state with that event folded in. This worker keeps at most 20 of the 60
+    # users in memory: the others wait in its local store and come back on their next event.
     send(later)
-    worker = start_worker(bootstrap, prefix, logs[2])
+    worker = start_worker(bootstrap, prefix, logs[2], {"FRESHREC_MAX_USERS_IN_MEMORY": "20"})
     try:
         assert wait_for(lambda: all_committed(bootstrap, prefix), 240, 0.5), _tail(logs[2])
         worker.send_signal(signal.SIGTERM)
@@ -152,6 +153,7 @@ def test_kill_9_mid_stream_then_restarts_keep_every_users_state(
     finally:
         if worker.poll() is None:
             worker.kill()
+    assert "users beyond 20 in memory" in logs[2].read_text()
     assert_same_state(changelog(bootstrap, prefix), reference(encoder, items, events + later))
     by_user: dict[str, int] = defaultdict(int)
     for ev in events + later:

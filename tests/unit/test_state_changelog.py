@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from consumer.changelog import InMemoryStateLog, decode_state, encode_state
+from consumer.residency import LocalStateStore, Residency
 from consumer.source import InMemorySource, Record
 from consumer.transactions import TransactionAborted
 from learner.head import HeadConfig
@@ -294,3 +295,76 @@ def test_a_rolled_back_batch_is_redone_from_committed_state_and_counted_once(
     assert rig.sample("freshrec_events_processed_total") == 12
     assert rig.sample("freshrec_events_duplicate_total") == 0
     assert source.committed == plain.source.committed
+
+
+# -- bounded memory: users beyond the bound wait in the local store ---------------------------
+
+
+def everyone(rig: Any) -> dict[str, UserSnapshot]:
+    """Every user's state, in memory or waiting in the local store."""
+    out = all_snapshots(rig.worker.recommender)
+    stored = rig.worker.residency.store.get([f"u{k}" for k in range(100)])
+    out.update({s.user_id: s for s, _ in stored if s.user_id not in out})
+    return out
+
+
+def bounded_rig(make_worker: Callable[..., Any], records: list[Record], **kw: Any) -> Any:
+    rig = make_worker(records, state_log=kw.pop("state_log", InMemoryStateLog()), **kw)
+    rig.worker.residency = Residency(
+        rig.worker.recommender, LocalStateStore(":memory:"), max_users=kw.get("max_users", 3)
+    )
+    return rig
+
+
+def test_memory_holds_at_most_the_bound_and_no_users_state_is_lost(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    records = stream(event_record, 60, users=10)
+    plain = make_worker(records, state_log=InMemoryStateLog(), batch_size=4)
+    plain.worker.run(until=lambda: plain.source.exhausted)
+
+    rig = bounded_rig(make_worker, records, batch_size=4)
+    sizes = []
+    while not rig.source.exhausted:
+        rig.worker.step()
+        sizes.append(len(rig.worker.recommender.users))
+    assert max(sizes) <= 3 + 4  # the bound, plus a batch's users until it is committed
+    assert sizes[-1] <= 3
+    assert everyone(rig) == all_snapshots(plain.worker.recommender)
+    assert rig.sample("freshrec_users_evicted_total") > 0
+    assert rig.sample("freshrec_users_loaded_total") > 0
+
+
+def test_with_a_bound_restored_users_wait_in_the_store_until_their_next_event(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    state = InMemoryStateLog()
+    first = make_worker(stream(event_record, 20), state_log=state, batch_size=20)
+    first.worker.run(until=lambda: first.source.exhausted)
+    rig = bounded_rig(make_worker, [], state_log=state)
+    rig.worker.on_assign([("freshrec.events", 0), ("freshrec.events", 1)])
+    rig.worker.step()
+    assert len(rig.worker.recommender.users) == 0
+    assert everyone(rig) == all_snapshots(first.worker.recommender)
+
+
+def test_idle_users_leave_memory_after_the_ttl(
+    make_worker: Callable[..., Any], event_record: Callable[..., Record]
+) -> None:
+    now = [0.0]
+    rig = make_worker(stream(event_record, 8), state_log=InMemoryStateLog(), batch_size=4)
+    rig.worker.residency = Residency(
+        rig.worker.recommender,
+        LocalStateStore(":memory:"),
+        max_users=100,
+        idle_ttl_s=60.0,
+        clock=lambda: now[0],
+    )
+    rig.worker.step()
+    assert len(rig.worker.recommender.users) == 4
+    now[0] = 61.0
+    rig.worker.step()  # this batch's users were just used; nobody else is left
+    now[0] = 200.0
+    rig.worker.residency.evict()
+    assert len(rig.worker.recommender.users) == 0
+    assert len(rig.worker.residency.store) == 4
