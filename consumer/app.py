@@ -18,6 +18,7 @@ from consumer.codec import Limits
 from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 from consumer.dlq import KafkaDeadLetterQueue
 from consumer.exceptions import ConfigError
+from consumer.model_sync import KafkaSnapshotFeed, KafkaSnapshotSender, ModelSync
 from consumer.residency import LocalStateStore, Residency
 from consumer.security import kafka_security_settings
 from consumer.source import ItemFeed, KafkaSource, TopicPartitionKey
@@ -122,9 +123,14 @@ class KafkaWorker:
     residency: Residency | None = None
 
     def close(self) -> None:
+        sync = self.worker.model_sync
         try:
+            if sync is not None:
+                sync.leave()
             self.producer.flush(timeout=30)
         finally:
+            if sync is not None:
+                sync.close()
             self.source.close()
             self.item_feed.close()
             if self.state_log is not None:
@@ -233,6 +239,19 @@ def build_worker(
             idle_ttl_s=config.idle_user_ttl_s,
         )
         log.info("users beyond %d in memory wait in %s", residency.max_users, state_dir)
+    model_sync = None
+    if config.model_sync_s > 0:
+        worker_id = config.transactional_id or f"{config.client_id}-{uuid.uuid4().hex[:12]}"
+        model_sync = ModelSync(
+            recommender.head,
+            worker_id,
+            recommender.encoder.name,
+            KafkaSnapshotFeed(_consumer(config, group_id=None), config.model_topic),
+            # Its own plain producer: snapshots stay outside exactly-once transactions.
+            KafkaSnapshotSender(kafka_producer(config), config.model_topic),
+            interval_s=config.model_sync_s,
+            max_age_s=config.model_max_age_s,
+        )
     committer = (
         TransactionalCommitter(
             producer,
@@ -264,6 +283,7 @@ def build_worker(
         stall_after_s=config.stall_after_s,
         replace_producer=producer.replace,
         residency=residency,
+        model_sync=model_sync,
     )
     return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency)
 

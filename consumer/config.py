@@ -173,6 +173,14 @@ class WorkerConfig:
         "directory of the local user-state cache (default: a new temporary directory); it is "
         "rebuilt from the changelog on every assignment, so it may live on ephemeral disk",
     )
+    model_sync_s: float = _setting(
+        30.0,
+        "every this many seconds, average the head's shared parameters with the other workers' "
+        "latest snapshots and publish this worker's to the compacted model topic (0: off)",
+    )
+    model_max_age_s: float = _setting(
+        600.0, "peers' head snapshots older than this are not averaged in"
+    )
     delivery_timeout_s: float = _setting(
         30.0,
         "how long a batch's outputs (recommendations, dead letters, state) may take to be "
@@ -290,6 +298,10 @@ class WorkerConfig:
     @property
     def state_topic(self) -> str:
         return f"{self.topic_prefix}state.users"
+
+    @property
+    def model_topic(self) -> str:
+        return f"{self.topic_prefix}model"
 
 
 def _parse_bool(text: str) -> bool:

@@ -38,8 +38,8 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     Examples
     --------
     >>> sorted(topic_specs(WorkerConfig(partitions=4)))
-    ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.recommendations', \
-'freshrec.state.users']
+    ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.model', \
+'freshrec.recommendations', 'freshrec.state.users']
     """
     dlq_bytes = str(dlq_record_bytes(config))
     return {
@@ -49,6 +49,8 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
         config.dlq_topic: (1, {"max.message.bytes": dlq_bytes}),
         # Partition p holds the state of the users of events partition p: same count.
         config.state_topic: (config.partitions, dict(_COMPACTED)),
+        # One snapshot of the shared head per worker (key), the latest kept.
+        config.model_topic: (1, dict(_COMPACTED)),
     }
 
 

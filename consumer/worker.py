@@ -18,6 +18,7 @@ from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError, SourceError
+from consumer.model_sync import ModelSync
 from consumer.residency import Residency
 from consumer.source import Record, Source, TopicPartitionKey
 from consumer.transactions import Committer, SourceCommitter, TransactionAborted
@@ -110,6 +111,7 @@ class Worker:
         stall_after_s: float = 60.0,
         replace_producer: Callable[[], None] | None = None,
         residency: Residency | None = None,
+        model_sync: ModelSync | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -127,6 +129,7 @@ class Worker:
         self.max_backoff_s = max_backoff_s
         self.replace_producer = replace_producer
         self.residency = residency
+        self.model_sync = model_sync
         self.stall_after_s = stall_after_s
         # Per partition: when a batch of it was last committed (or it had no lag), for
         # freshrec_partition_stalled.
@@ -151,6 +154,8 @@ class Worker:
             for records in self.items.read_to_end():
                 changes += self._apply_items(records)
         self.metrics.catalog_items.set(len(self.recommender.items))
+        if self.model_sync is not None:
+            self.metrics.model_peers.set(self.model_sync.start())
         self.metrics.set_model_version(self.recommender.model_version)
         self.ready = True
         self.metrics.ready.set(1)
@@ -235,6 +240,7 @@ class Worker:
         """Handle one poll: items first, then events end to end, committing last."""
         self.last_step_monotonic = time.monotonic()
         item_changes = self._poll_items()
+        self._sync_model()
         records = self.source.poll(self.poll_timeout_ms, self.batch_size)
         if self._rebalances:
             with self._timed("restore"):
@@ -357,6 +363,18 @@ class Worker:
         if self.residency is not None:
             self.metrics.users_evicted.inc(self.residency.evict())
             self.metrics.users_in_state.set(len(self.recommender.users))
+
+    def _sync_model(self) -> None:
+        """Average the shared head with the other workers' now and then (consumer.model_sync);
+        a failed publish only delays the next one."""
+        if self.model_sync is None:
+            return
+        try:
+            if self.model_sync.tick():
+                self.metrics.model_syncs.inc()
+                self.metrics.model_peers.set(len(self.model_sync.peers))
+        except PublishError as err:
+            log.warning("model snapshot not published: %s", err)
 
     def _poll_items(self) -> int:
         if self.items is None:

@@ -11,9 +11,10 @@ items in its batch, so its cost does not grow with the catalog.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,6 +91,34 @@ class BilinearHead:
         self.delta = torch.zeros((capacity, dim), device=self.device)
         self.bias = torch.zeros(capacity, device=self.device)
         self.steps = 0
+
+    def shared_state(self) -> dict[str, np.ndarray]:
+        """The parameters workers share and average (``U``, ``V``, the mixing weights), as
+        float32 arrays. The per-item offsets and biases stay with each worker: they are
+        catalog-sized and keyed by rows that are local to a process.
+
+        Examples
+        --------
+        >>> a, b = BilinearHead(dim=2, capacity=1), BilinearHead(dim=2, capacity=1)
+        >>> b.load_shared([a.shared_state(), a.shared_state()])
+        >>> bool(torch.equal(a.U, b.U))
+        True
+        """
+        return {
+            name: getattr(self, name).detach().cpu().numpy().astype(np.float32, copy=True)
+            for name in ("U", "V", "mix")
+        }
+
+    def load_shared(self, states: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """Set the shared parameters to the mean of ``states`` (each like
+        :meth:`shared_state`); the optimiser's moments are kept."""
+        with torch.no_grad():
+            for name in ("U", "V", "mix"):
+                mean = np.mean([np.asarray(st[name], dtype=np.float32) for st in states], axis=0)
+                param = getattr(self, name)
+                if tuple(mean.shape) != tuple(param.shape):
+                    raise ValueError(f"{name}: shape {mean.shape} is not {tuple(param.shape)}")
+                param.copy_(torch.from_numpy(mean).to(param.device))
 
     def ensure_capacity(self, n: int) -> None:
         cap = self.delta.shape[0]

@@ -155,6 +155,16 @@ class WorkerMetrics:
             "Users loaded from the local store on their next event",
             registry=r,
         )
+        self.model_syncs = Counter(
+            "freshrec_model_syncs_total",
+            "Shared-head averages with the other workers (and snapshots published)",
+            registry=r,
+        )
+        self.model_peers = Gauge(
+            "freshrec_model_peers",
+            "Other workers whose head snapshots were averaged in last time",
+            registry=r,
+        )
         self.transactions_aborted = Counter(
             "freshrec_transactions_aborted_total",
             "Exactly-once batches rolled back (and redone from the committed offsets)",

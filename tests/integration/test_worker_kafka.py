@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import msgpack
+import numpy as np
 import pytest
 from kafka import KafkaProducer
 
@@ -14,6 +15,7 @@ from consumer.app import KafkaWorker
 from consumer.codec import encode_event, encode_item
 from consumer.config import WorkerConfig
 from consumer.datasets import load_ml100k
+from consumer.model_sync import decode_snapshot
 from learner.types import Event, Item
 from serving.codec import decode_recommendation
 from tests.integration.helpers import committed_offsets, end_offsets, read_all
@@ -252,3 +254,29 @@ def test_brand_new_untouched_item_is_recommended_to_a_textually_close_user(
     ][-1]
     assert last["strategy"] == "personal"
     assert "new-1" in [it["item_id"] for it in last["items"]]
+
+
+def test_a_new_worker_starts_from_the_shared_head_another_worker_published(
+    make_worker: Callable[..., KafkaWorker], producer: KafkaProducer, bootstrap: str
+) -> None:
+    """DESIGN §5: head snapshots on the compacted model topic; a new worker starts from them."""
+    items, events = load_ml100k()
+    first = make_worker(model_sync_s=0.2)
+    config = first.config
+    _send_items(producer, config, items)
+    _send_events(producer, config, events[:1000])
+    first.worker.bootstrap()
+    _run_until_consumed(first, 1000)
+    assert first.worker.recommender.head.steps > 0  # it learned: its head left the start
+    time.sleep(0.3)  # past the sync interval: the next step publishes
+    first.worker.step()
+    snapshots = [r for r in read_all(bootstrap, config.model_topic) if r.value is not None]
+    assert snapshots, "no head snapshot on the model topic"
+    published = decode_snapshot(snapshots[-1].value)
+
+    second = make_worker(model_sync_s=0.2)
+    second.worker.bootstrap()
+    head = second.worker.recommender.head
+    assert second.worker.metrics.registry.get_sample_value("freshrec_model_peers") == 1
+    for name, value in head.shared_state().items():
+        np.testing.assert_array_equal(value, published.params[name])
