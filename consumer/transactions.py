@@ -223,7 +223,13 @@ class TransactionalCommitter:
             self.producer.in_transaction = False
         except Exception as err:
             log.warning("transaction failed, rolling the batch back: %s", err)
-            self.abort()
+            if isinstance(err, TimeoutError):
+                # A call that hung leaves the producer in a state nobody knows: start over
+                # (the new producer's init_transactions aborts the open transaction).
+                self.aborted += 1
+                self.producer.replace()
+            else:
+                self.abort()
             raise TransactionAborted(f"transaction rolled back: {err}") from err
 
     def abort(self) -> None:
