@@ -1,6 +1,6 @@
 """The Kafka benchmarks run end to end against the real broker (small sizes, no timings
-asserted): throughput's bare loop and worker both consume every event, and the latency bench
-matches every offered event to an answer."""
+asserted): throughput's bare loop and worker both consume every event, the latency bench
+matches every offered event to an answer, and the soak samples every worker it starts."""
 
 from __future__ import annotations
 
@@ -77,3 +77,55 @@ def test_latency_bench_answers_every_offered_event(bootstrap: str, tmp_path: Pat
     assert row["bare_lost"] == 0 and row["worker_lost"] == 0
     for key in ("bare_p50_ms", "bare_p99_ms", "worker_p50_ms", "worker_p99_ms"):
         assert math.isfinite(row[key]) and row[key] >= 0
+
+
+def test_soak_samples_every_worker_and_plots(bootstrap: str, tmp_path: Path) -> None:
+    out, png = tmp_path / "soak.json", tmp_path / "soak.png"
+    done = run_bench(
+        "soak.py",
+        "--bootstrap",
+        bootstrap,
+        "--minutes",
+        "1",
+        "--sample-s",
+        "10",
+        "--workers",
+        "2",
+        "--users",
+        "3000",
+        "--items",
+        "200",
+        "--rate",
+        "100",
+        "--worker-env",
+        "FRESHREC_BATCH_SIZE=100",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+        "--logs",
+        str(tmp_path / "logs"),
+        timeout=300,
+    )
+    result = json.loads(out.read_text())
+    assert result["error"] == ""
+    assert all(w["clean_stop"] for w in result["workers"].values()), result["workers"]
+    for worker in ("w0", "w1"):
+        samples = [r for r in result["samples"] if r["worker"] == worker]
+        assert [r["minute"] for r in samples] == sorted(r["minute"] for r in samples)
+        assert len(samples) == 7  # at 0, 10, ..., 60 s
+        for r in samples:
+            assert r["rss_mib"] > 0 and r["open_files"] > 0 and r["threads"] > 0
+            assert r["lag"] is not None and r["users_in_state"] is not None
+        assert samples[-1]["processed"] > 0 and samples[-1]["users_in_state"] > 0
+        assert samples[-1]["partitions"], "the broker names the worker's partitions"
+    assert result["producer"]["sent"] > 0 and result["producer"]["failed"] == 0
+    # The extra setting reached the workers themselves, not only the soak's record of them.
+    assert result["settings"]["worker_env"]["FRESHREC_BATCH_SIZE"] == "100"
+    assert all("batch_size=100" in s for s in result["settings"]["worker_logged_settings"].values())
+    series = {(v["series"], v["worker"]) for v in result["verdicts"]}
+    assert {(s, w) for s in ("rss_mib", "open_files", "threads", "lag") for w in ("w0", "w1")} <= (
+        series
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| minute | worker | RSS MiB |" in done.stdout
