@@ -196,6 +196,8 @@ def build_worker(
         # Offsets are committed at the end of every batch, after its publish and its state
         # are durable, so nothing processed is uncommitted here.
         metrics.rebalances.labels(kind="revoke").inc()
+        metrics.assigned_partitions.set(len(set(source.assignment()) - set(tps)))
+        metrics.forget_partitions(tps)
         worker.on_revoke(tps)
 
     events_consumer = _consumer(

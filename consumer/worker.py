@@ -182,6 +182,8 @@ class Worker:
         for kind, tps in news:
             partitions = sorted({p for _, p in tps})
             if kind == "revoke":
+                for tp in tps:
+                    self._progress.pop(tp, None)
                 dropped = users.remove(users.users_of_shards(partitions))
                 if self.residency is not None:
                     self.residency.forget(partitions)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["STAGES", "WorkerMetrics"]
 
-STAGES = ("decode", "items", "learn", "rank", "publish", "commit")
+STAGES = ("decode", "items", "restore", "learn", "rank", "publish", "state", "commit")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -175,6 +178,23 @@ class WorkerMetrics:
             "User-state records written to the changelog",
             registry=r,
         )
+
+    def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Drop the per-partition series of partitions this worker no longer owns (their new
+        owner reports them), so that lag and stalls are not stuck at their last value.
+
+        Examples
+        --------
+        >>> m = WorkerMetrics()
+        >>> m.consumer_lag.labels(topic="t", partition="0").set(5)
+        >>> m.forget_partitions([("t", 0), ("t", 1)])
+        >>> m.registry.get_sample_value("freshrec_consumer_lag_events", {"topic": "t",
+        ...                                 "partition": "0"})
+        """
+        for topic, partition in tps:
+            for gauge in (self.consumer_lag, self.partition_stalled):
+                with contextlib.suppress(KeyError):  # never reported
+                    gauge.remove(topic, str(partition))
 
     def set_model_version(self, version: str) -> None:
         self.model_version.clear()
