@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.time
 def start_worker(
     bootstrap: str, prefix: str, log: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    # ``extra_env`` overrides the settings below (a dict() call with both would refuse).
     env = dict(
         os.environ,
         FRESHREC_BOOTSTRAP_SERVERS=bootstrap,
@@ -44,8 +45,8 @@ def start_worker(
         # No per-item offsets: a user's vector is then a pure function of their events (the
         # item embeddings, weights and times), which the reference fold below recomputes.
         FRESHREC_ITEM_LR="0",
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "consumer.cli", "worker"], env=env, stdout=out, stderr=out
