@@ -203,6 +203,9 @@ def build_worker(
     events_consumer = _consumer(
         config,
         group_id=config.group_id,
+        # A cooperative rebalance's second round reaches the new owners at their next
+        # heartbeat: kafka-python's 3 s default left moved partitions unowned that long.
+        heartbeat_interval_ms=1000,
         partition_assignment_strategy=(
             (CooperativeStickyAssignor,)
             if config.assignor == "cooperative-sticky"
