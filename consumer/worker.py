@@ -138,7 +138,12 @@ class Worker:
         # listener must not block: it runs on the client's event loop, heartbeats included).
         self._rebalances: list[tuple[str, list[TopicPartitionKey]]] = []
         self._rebalance_lock = threading.Lock()
-        self.hit_rate = HitRateTracker()
+        # The last list sent to each user (for the online hit rate) is per-user memory too.
+        self.hit_rate = (
+            HitRateTracker(max_users=min(1_000_000, residency.max_users))
+            if residency is not None
+            else HitRateTracker()
+        )
         self._stop = threading.Event()
         self.ready = False
         self.last_step_monotonic = time.monotonic()

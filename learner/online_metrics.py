@@ -37,7 +37,8 @@ class HitRateTracker:
 
     def __init__(self, max_users: int = 1_000_000, adwin_delta: float = 0.002) -> None:
         self.max_users = max_users
-        self._last: OrderedDict[str, frozenset[str]] = OrderedDict()
+        # A tuple, not a set: ten ids are found as fast by a scan, in a fifth of the memory.
+        self._last: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._mean = stats.Mean()
         self._adwin = drift.ADWIN(delta=adwin_delta)  # type: ignore[no-untyped-call]
         self.drifts = 0
@@ -66,7 +67,7 @@ class HitRateTracker:
 
     def remember(self, user: str, items: Sequence[str]) -> None:
         """Record the list just sent to ``user``."""
-        self._last[user] = frozenset(items)
+        self._last[user] = tuple(items)
         self._last.move_to_end(user)
         while len(self._last) > self.max_users:
             self._last.popitem(last=False)
