@@ -13,21 +13,20 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
-from consumer.codec import encode_event, encode_item
-from consumer.config import WorkerConfig
 from consumer.datasets import synthetic_catalog, synthetic_events
-from consumer.topics import ensure_topics
 from learner.encoder import CachedEncoder
-from learner.types import Event, Item
+from learner.types import Event
 from serving.codec import decode_recommendation
 from tests.integration.helpers import committed_offsets, read_topic, wait_for
 from tests.integration.test_state_recovery import (
     all_committed,
     assert_same_state,
     changelog,
+    prepare,
     reference,
+    send,
     start_worker,
 )
 
@@ -39,23 +38,6 @@ EXACTLY_ONCE = {
     # its partitions) until the broker aborts it.
     "FRESHREC_TRANSACTION_TIMEOUT_MS": "5000",
 }
-
-
-def prepare(bootstrap: str, prefix: str, producer: KafkaProducer, items: list[Item]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        ensure_topics(admin, WorkerConfig(topic_prefix=prefix, partitions=3))
-    finally:
-        admin.close()
-    for it in items:
-        producer.send(f"{prefix}items", key=it.item_id.encode(), value=encode_item(it))
-    producer.flush()
-
-
-def send(producer: KafkaProducer, prefix: str, events: list[Event]) -> None:
-    for ev in events:
-        producer.send(f"{prefix}events", key=ev.user_id.encode(), value=encode_event(ev))
-    producer.flush()
 
 
 def processed(bootstrap: str, prefix: str) -> int:

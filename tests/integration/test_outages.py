@@ -18,12 +18,14 @@ from consumer.datasets import synthetic_catalog, synthetic_events
 from learner.encoder import CachedEncoder
 from learner.types import Event
 from tests.integration.helpers import metrics_url, scrape, wait_for
-from tests.integration.test_exactly_once import prepare, send, stop
+from tests.integration.test_exactly_once import stop
 from tests.integration.test_state_recovery import (
     all_committed,
     assert_same_state,
     changelog,
+    prepare,
     reference,
+    send,
     start_worker,
 )
 

@@ -21,7 +21,7 @@ from consumer.datasets import synthetic_catalog, synthetic_events
 from consumer.topics import ensure_topics
 from learner.encoder import CachedEncoder
 from learner.recommender import ModelConfig, Recommender
-from learner.types import Event
+from learner.types import Event, Item
 from learner.user_state import UserSnapshot
 from tests.integration.helpers import committed_offsets, end_offsets, read_all, wait_for
 
@@ -51,6 +51,24 @@ def start_worker(
         return subprocess.Popen(
             [sys.executable, "-m", "consumer.cli", "worker"], env=env, stdout=out, stderr=out
         )
+
+
+def prepare(bootstrap: str, prefix: str, producer: KafkaProducer, items: list[Item]) -> None:
+    """The run's topics (3 event partitions) and its whole catalog, before any worker starts."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        ensure_topics(admin, WorkerConfig(topic_prefix=prefix, partitions=3))
+    finally:
+        admin.close()
+    for it in items:
+        producer.send(f"{prefix}items", key=it.item_id.encode(), value=encode_item(it))
+    producer.flush()
+
+
+def send(producer: KafkaProducer, prefix: str, events: list[Event]) -> None:
+    for ev in events:
+        producer.send(f"{prefix}events", key=ev.user_id.encode(), value=encode_event(ev))
+    producer.flush()
 
 
 def all_committed(bootstrap: str, prefix: str) -> bool:
@@ -95,25 +113,13 @@ def test_kill_9_mid_stream_then_restarts_keep_every_users_state(
     events = synthetic_events(3000, items, n_users=60, seed=5)
     later = synthetic_events(60, items, n_users=60, seed=6, start_ts_ms=events[-1].ts + 1000)
 
-    def send(evs: list[Event]) -> None:
-        for ev in evs:
-            producer.send(f"{prefix}events", key=ev.user_id.encode(), value=encode_event(ev))
-        producer.flush()
-
     # The catalog is in place before the first worker starts, so it loads it whole first.
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        ensure_topics(admin, WorkerConfig(topic_prefix=prefix, partitions=3))
-    finally:
-        admin.close()
-    for it in items:
-        producer.send(f"{prefix}items", key=it.item_id.encode(), value=encode_item(it))
-    producer.flush()
+    prepare(bootstrap, prefix, producer, items)
 
     logs = [tmp_path / f"worker{n}.log" for n in range(3)]
     worker = start_worker(bootstrap, prefix, logs[0])
     try:
-        send(events)
+        send(producer, prefix, events)
         group, topic = f"{prefix}workers", f"{prefix}events"
         assert wait_for(
             lambda: (
@@ -145,7 +151,7 @@ def test_kill_9_mid_stream_then_restarts_keep_every_users_state(
     # Another restart, with nothing in memory, and one more event per user: each new state is
     # the restored state with that event folded in. This worker keeps at most 20 of the 60
     # users in memory: the others wait in its local store and come back on their next event.
-    send(later)
+    send(producer, prefix, later)
     worker = start_worker(bootstrap, prefix, logs[2], {"FRESHREC_MAX_USERS_IN_MEMORY": "20"})
     try:
         assert wait_for(lambda: all_committed(bootstrap, prefix), 240, 0.5), _tail(logs[2])
