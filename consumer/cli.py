@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
@@ -17,9 +16,10 @@ from consumer.config import (
     add_arguments,
     config_from_args,
     describe,
-    env_name,
+    public_settings,
 )
 from consumer.exceptions import FreshrecError
+from consumer.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -32,27 +32,44 @@ a frozen transformer encoder that embeds the item catalog, and publishes each af
 refreshed top-K to the recommendations topic."""
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+# Settings of every command that talks to Kafka: where, which topics, how to log in, how to log.
+KAFKA_SETTINGS = (
+    "bootstrap_servers",
+    "topic_prefix",
+    "log_level",
+    "log_format",
+    *SECURITY_SETTINGS,
+)
+LOG_SETTINGS = ("log_level", "log_format")
+
+
+def version_string() -> str:
+    """freshrec's version and those of the components that decide its behaviour.
+
+    Examples
+    --------
+    >>> version_string().startswith("freshrec ")
+    True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    parts = ", ".join(
+        f"{name} {of(name)}" for name in ("torch", "transformers", "kafka-python", "river")
     )
-    # Also keeps kafka-python's DEBUG lines out, one of which prints a client's whole
-    # configuration, SASL password included.
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    # FAISS logs at INFO each optional SIMD build it cannot load, as a multi-line "error".
-    logging.getLogger("faiss").setLevel(logging.WARNING)
+    return f"freshrec {of('freshrec')} (Python {sys.version.split()[0]}; {parts})"
 
 
-def _env_default(name: str, default: str) -> str:
-    return os.environ.get(env_name(name), default)
-
-
-def _security(args: argparse.Namespace) -> WorkerConfig:
-    """The security settings of a command that has only those (and --bootstrap-servers)."""
-    given = {name: getattr(args, name) for name in SECURITY_SETTINGS if hasattr(args, name)}
-    config: WorkerConfig = config_from_args(argparse.Namespace(**given))
+def _configured(args: argparse.Namespace) -> WorkerConfig:
+    """The command's settings (flag > environment > config file > default), with logging set
+    up as they say."""
+    config: WorkerConfig = config_from_args(args)
+    setup_logging(config.log_level, config.log_format)
     return config
 
 
@@ -65,9 +82,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
 
-    config: WorkerConfig = config_from_args(args)
-    _setup_logging(config.log_level)
-    log.info("settings: %s", describe(config))
+    config = _configured(args)
+    log.info(
+        "%s starting; settings: %s",
+        version_string(),
+        describe(config),
+        extra={"event": "start", "settings": public_settings(config)},
+    )
     check_kafka_login(config, config.bootstrap_servers)
     metrics = WorkerMetrics()
     holder: dict[str, object] = {}
@@ -110,6 +131,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         t.processed,
         t.rejected,
         t.published,
+        extra={"event": "stop", "batches": kw.worker.batches, "published": t.published},
     )
     return 0
 
@@ -133,22 +155,85 @@ def _cmd_data(args: argparse.Namespace) -> int:
 # -- topics --------------------------------------------------------------------------------
 
 
-def _cmd_topics(args: argparse.Namespace) -> int:
-    from kafka import KafkaAdminClient
+def _cmd_topics_create(args: argparse.Namespace) -> int:
+    from consumer.topics import create_topics
 
+    config = _configured(args)
+    rows = create_topics(config)
+    width = max(len(row.name) for row in rows)
+    print(f"{'topic':<{width}}  partitions  replication  status   config")
+    for row in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in row.configs.items()) or "-"
+        print(
+            f"{row.name:<{width}}  {row.partitions:>10}  {row.replication:>11}  "
+            f"{row.status:<7}  {settings}"
+        )
+    return 0
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    import json
+
+    from consumer.config import resolve_config
+    from consumer.config_file import to_toml
+
+    config, origin = resolve_config(args)
+    settings = public_settings(config)
+    if args.format == "json":
+        print(json.dumps({"settings": settings, "origin": origin}, indent=2))
+        return 0
+    secrets = {f for f in settings if f == "sasl_password"}
+    print("# freshrec's effective settings: flag > environment variable > config file > default")
+    print("# (usable as a --config file; secrets are never shown or read from a file)")
+    shown = {name: value for name, value in settings.items() if name not in secrets}
+    print(to_toml(shown, {name: f"from {where}" for name, where in origin.items()}))
+    for name in secrets:
+        state = f"set, from {origin[name]}" if settings[name] else "not set"
+        print(f"# {name}: {state}")
+    return 0
+
+
+# -- inspect -------------------------------------------------------------------------------
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer
+
+    from consumer.inspect_user import inspect_user
     from consumer.security import check_kafka_login, kafka_security_settings
-    from consumer.topics import ensure_topics
+    from consumer.watch import catalog_titles
 
-    config: WorkerConfig = config_from_args(args)
+    config = _configured(args)
     check_kafka_login(config, config.bootstrap_servers)
-    admin = KafkaAdminClient(
-        bootstrap_servers=config.bootstrap_servers.split(","), **kafka_security_settings(config)
+    settings = kafka_security_settings(config)
+    titles = (
+        {} if args.ids else catalog_titles(config.bootstrap_servers, config.items_topic, settings)
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers.split(","),
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings,
     )
     try:
-        created = ensure_topics(admin, config)
+        printed = inspect_user(
+            consumer,
+            topic=config.recommendations_topic,
+            user_id=args.user,
+            out=sys.stdout,
+            titles=titles,
+            once=args.once,
+            duration_s=args.duration,
+            as_json=args.json,
+        )
     finally:
-        admin.close()
-    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+        consumer.close()
+    if args.once and not printed:
+        print(f"user {args.user} has no recommendations yet", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -159,14 +244,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from consumer.replay import replay
     from consumer.security import check_kafka_login, kafka_security_settings
 
-    _setup_logging("INFO")
-    security = _security(args)
-    check_kafka_login(security, args.bootstrap_servers)
+    config = _configured(args)
+    check_kafka_login(config, config.bootstrap_servers)
     replay(
         dataset=args.dataset,
-        bootstrap_servers=args.bootstrap_servers,
-        kafka_settings=kafka_security_settings(security),
-        topic_prefix=args.topic_prefix,
+        bootstrap_servers=config.bootstrap_servers,
+        kafka_settings=kafka_security_settings(config),
+        topic_prefix=config.topic_prefix,
         rate=args.rate,
         limit=args.limit,
         items_only=args.items_only,
@@ -186,13 +270,12 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from consumer.security import check_kafka_login, kafka_security_settings
     from consumer.watch import watch
 
-    _setup_logging("WARNING")
-    security = _security(args)
-    check_kafka_login(security, args.bootstrap_servers)
+    config = _configured(args)
+    check_kafka_login(config, config.bootstrap_servers)
     watch(
-        bootstrap_servers=args.bootstrap_servers,
-        kafka_settings=kafka_security_settings(security),
-        topic_prefix=args.topic_prefix,
+        bootstrap_servers=config.bootstrap_servers,
+        kafka_settings=kafka_security_settings(config),
+        topic_prefix=config.topic_prefix,
         metrics_url=args.metrics_url,
         users=args.users,
         duration_s=args.duration,
@@ -208,7 +291,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from consumer.evaluation import run_evaluation
 
-    _setup_logging("INFO")
+    _configured(args)
     run_evaluation(
         dataset=args.dataset,
         models=args.models,
@@ -230,13 +313,15 @@ def _parser() -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_string())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = sub.add_parser(
         "worker",
         help="run the streaming worker (events in, recommendations out)",
-        description=_DESCRIPTION
-        + "\n\nEvery setting below can also come from its environment variable; a flag wins.",
+        description=_DESCRIPTION + "\n\nEvery setting below can also come from its environment "
+        "variable or a TOML config file (--config); a flag beats the variable, which beats the "
+        "file, which beats the default.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(worker)
@@ -247,22 +332,53 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--dir", default=None, help="cache directory [env FRESHREC_DATA_DIR]")
     data.set_defaults(func=_cmd_data)
 
-    topics = sub.add_parser("topics", help="create freshrec's topics if they do not exist")
-    add_arguments(topics)
-    topics.set_defaults(func=_cmd_topics)
+    topics = sub.add_parser("topics", help="manage freshrec's Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = topics_sub.add_parser(
+        "create",
+        help="create the topics that do not exist yet (the worker does this too)",
+        description="Create every topic freshrec uses that does not exist yet, with the "
+        "partitions, replication and configs its contracts need (compaction for items, "
+        "recommendations, user state and the model; a larger max.message.bytes for the DLQ); "
+        "then print each topic as it is on the cluster. Existing topics are left alone. Run it "
+        "before the workers when they may not create topics (--create-topics false).",
+    )
+    add_arguments(create)
+    create.set_defaults(func=_cmd_topics_create)
+
+    config = sub.add_parser("config", help="show the effective settings")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show",
+        help="print the effective settings and where each came from, secrets masked",
+        description="Print the settings a worker started with the same flags, environment and "
+        "config file would use, as TOML (usable as a --config file) with the source of each "
+        "non-default value; secrets are never printed.",
+    )
+    show.add_argument("--format", choices=["toml", "json"], default="toml")
+    add_arguments(show)
+    show.set_defaults(func=_cmd_config_show)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--bootstrap-servers",
-        default=_env_default("bootstrap_servers", "127.0.0.1:9092"),
-        help="Kafka bootstrap servers [env FRESHREC_BOOTSTRAP_SERVERS]",
+    add_arguments(common, only=KAFKA_SETTINGS)
+
+    inspect = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="follow one user's recommendation lists as they change",
+        description="Print a user's current recommendation list from the recommendations "
+        "topic, then every new one as it arrives, with how each item moved since the list "
+        "before and the history item it is 'because' of. Reads only the user's partition, "
+        "with no consumer group (it never disturbs the workers).",
     )
-    common.add_argument(
-        "--topic-prefix",
-        default=_env_default("topic_prefix", "freshrec."),
-        help="prefix of topic names [env FRESHREC_TOPIC_PREFIX]",
+    inspect.add_argument("--user", required=True, help="the user id (the message key)")
+    inspect.add_argument(
+        "--once", action="store_true", help="print the current list and exit (1: none yet)"
     )
-    add_arguments(common, only=SECURITY_SETTINGS)
+    inspect.add_argument("--duration", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
+    inspect.add_argument("--json", action="store_true", help="one JSON message per line")
+    inspect.add_argument("--ids", action="store_true", help="item ids, not catalog titles")
+    inspect.set_defaults(func=_cmd_inspect)
 
     replay = sub.add_parser(
         "replay",
@@ -309,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-tune", action="store_true", help="first grid value, no tuning")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--torch-threads", type=int, default=1)
+    add_arguments(evaluate, only=LOG_SETTINGS)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     watch = sub.add_parser(

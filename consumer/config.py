@@ -26,6 +26,8 @@ __all__ = [
     "config_from_args",
     "describe",
     "env_name",
+    "public_settings",
+    "resolve_config",
 ]
 
 ENV_PREFIX = "FRESHREC_"
@@ -248,6 +250,12 @@ class WorkerConfig:
     log_level: str = _setting(
         "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    log_format: str = _setting(
+        "auto",
+        "json: one JSON object per line (for log collectors); text: readable lines; auto: "
+        "text on a terminal, JSON otherwise",
+        choices=("auto", "json", "text"),
+    )
 
     # -- security: how every Kafka client authenticates and encrypts (issue 5) ------------------
     # consumer/security.py turns these into kafka-python's keyword arguments.
@@ -361,7 +369,16 @@ def add_arguments(
     the variable and the default. Secrets get no flag, whose value would show in ``ps``: a
     section of the help names their variables instead."""
     chosen = [f for f in fields(cls) if only is None or f.name in only]
-    group = parser.add_argument_group("settings (flag, or environment variable)")
+    group = parser.add_argument_group(
+        "settings (flag > environment variable > config file > default)"
+    )
+    group.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="TOML file of settings, keys named as below without the dashes "
+        "(top_k = 20); flags and variables override it [env FRESHREC_CONFIG]",
+    )
     secrets = "\n".join(
         f"{env_name(f.name)}: {f.metadata['help']}" for f in chosen if f.metadata.get("env_only")
     )
@@ -401,7 +418,8 @@ def config_from_args(
     environ: Mapping[str, str] | None = None,
     cls: type[Any] = WorkerConfig,
 ) -> Any:
-    """Build the frozen config: flag if given, else environment variable, else default.
+    """Build the frozen config: flag if given, else environment variable, else the config
+    file's value (``--config`` or ``FRESHREC_CONFIG``), else the default.
 
     Examples
     --------
@@ -410,9 +428,35 @@ def config_from_args(
     >>> cfg.top_k, cfg.batch_size, cfg.group_id
     (5, 7, 'freshrec')
     """
+    config, _ = resolve_config(args, environ, cls)
+    return config
+
+
+def resolve_config(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    cls: type[Any] = WorkerConfig,
+) -> tuple[Any, dict[str, str]]:
+    """The config of :func:`config_from_args` and where each non-default setting came from
+    (``--flag``, the variable's name, or ``file PATH``).
+
+    Examples
+    --------
+    >>> ns = argparse.Namespace(top_k=None, batch_size=7)
+    >>> _, origin = resolve_config(ns, {"FRESHREC_TOP_K": "5"})
+    >>> origin
+    {'batch_size': '--batch-size', 'top_k': 'FRESHREC_TOP_K'}
+    """
+    from consumer.config_file import CONFIG_ENV, read_config_file
+
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    path = getattr(args, "config", None) or env.get(CONFIG_ENV)
+    if path:
+        for name, value in read_config_file(path, cls).items():
+            values[name] = value
+            origin[name] = f"file {path}"
     for f in fields(cls):
         given = getattr(args, f.name, None)
         if given is not None:
@@ -429,7 +473,7 @@ def config_from_args(
     _read_password_file(values, origin)
     config = cls(**values)
     _validate(config, origin)
-    return config
+    return config, {name: origin[name] for name in (f.name for f in fields(cls)) if name in origin}
 
 
 def describe(config: Any) -> str:
@@ -448,6 +492,22 @@ def describe(config: Any) -> str:
         if getattr(config, f.name) != f.default
     ]
     return " ".join(changed) or "all defaults"
+
+
+def public_settings(config: Any) -> dict[str, Any]:
+    """Every setting's value for logs and ``freshrec config show``; a secret shows as
+    ``********`` when set and ``""`` when not.
+
+    Examples
+    --------
+    >>> s = public_settings(WorkerConfig(sasl_password=Secret("hunter2")))
+    >>> s["top_k"], s["sasl_password"]
+    (10, '********')
+    """
+    return {
+        f.name: str(value) if isinstance(value := getattr(config, f.name), Secret) else value
+        for f in fields(config)
+    }
 
 
 def _read_password_file(values: dict[str, Any], origin: dict[str, str]) -> None:

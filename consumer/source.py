@@ -160,13 +160,18 @@ class _Listener:
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         tps = sorted((tp.topic, tp.partition) for tp in revoked)
-        log.info("partitions revoked: %s", tps)
+        log.info("partitions revoked: %s", tps, extra=_partitions("revoke", tps))
         self.on_revoke(tps)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         tps = sorted((tp.topic, tp.partition) for tp in assigned)
-        log.info("partitions assigned: %s", tps)
+        log.info("partitions assigned: %s", tps, extra=_partitions("assign", tps))
         self.on_assign(tps)
+
+
+def _partitions(event: str, tps: list[TopicPartitionKey]) -> dict[str, Any]:
+    """The structured fields of an assign or revoke log line."""
+    return {"event": event, "partitions": [f"{topic}:{partition}" for topic, partition in tps]}
 
 
 class KafkaSource:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from consumer.config import PRODUCER_BATCH_BYTES, WorkerConfig
 
-__all__ = ["dlq_record_bytes", "ensure_topics", "topic_specs"]
+__all__ = ["TopicRow", "create_topics", "dlq_record_bytes", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +80,40 @@ def ensure_topics(admin: Any, config: WorkerConfig) -> list[str]:
     if created:
         log.info("created topics: %s", ", ".join(created))
     return created
+
+
+@dataclass(frozen=True)
+class TopicRow:
+    """One topic as ``freshrec topics create`` reports it."""
+
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str]
+    status: str  # "created" or "exists"
+
+
+def create_topics(config: WorkerConfig) -> list[TopicRow]:
+    """Create the missing topics on the cluster of ``config`` and describe all of them as
+    they are now (partitions and replication read back from the cluster)."""
+    from kafka import KafkaAdminClient
+
+    from consumer.security import check_kafka_login, kafka_security_settings
+
+    check_kafka_login(config, config.bootstrap_servers)
+    admin = KafkaAdminClient(
+        bootstrap_servers=config.bootstrap_servers.split(","), **kafka_security_settings(config)
+    )
+    try:
+        created = set(ensure_topics(admin, config))
+        specs = topic_specs(config)
+        described = {d["topic"]: d for d in admin.describe_topics(list(specs))}
+    finally:
+        admin.close()
+    rows = []
+    for name, (_, configs) in specs.items():
+        partitions = described[name]["partitions"]
+        replication = len(partitions[0]["replicas"]) if partitions else 0
+        status = "created" if name in created else "exists"
+        rows.append(TopicRow(name, len(partitions), replication, configs, status))
+    return rows

@@ -15,7 +15,7 @@ from consumer.source import ItemFeed, assign_whole_topic
 from learner.types import Item
 from serving.codec import decode_recommendation
 
-__all__ = ["scrape", "watch"]
+__all__ = ["catalog_titles", "scrape", "watch"]
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -42,7 +42,8 @@ def _consumer(bootstrap: str, kafka_settings: Mapping[str, Any]) -> Any:
     )
 
 
-def _titles(bootstrap: str, topic: str, kafka_settings: Mapping[str, Any]) -> dict[str, str]:
+def catalog_titles(bootstrap: str, topic: str, kafka_settings: Mapping[str, Any]) -> dict[str, str]:
+    """Item id -> title of every live item on the items topic (read to its end once)."""
     feed = ItemFeed(_consumer(bootstrap, kafka_settings), topic)
     titles: dict[str, str] = {}
     try:
@@ -72,7 +73,7 @@ def watch(
     """Follow the output topic until ``duration_s`` passes (0: until Ctrl-C). ``kafka_settings``
     (security, from ``consumer.security.kafka_security_settings``) go to the consumers."""
     settings = dict(kafka_settings or {})
-    titles = _titles(bootstrap_servers, f"{topic_prefix}items", settings)
+    titles = catalog_titles(bootstrap_servers, f"{topic_prefix}items", settings)
     consumer = _consumer(bootstrap_servers, settings)
     assign_whole_topic(consumer, f"{topic_prefix}recommendations", from_beginning=False)
     latest: OrderedDict[str, dict[str, Any]] = OrderedDict()

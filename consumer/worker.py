@@ -18,6 +18,7 @@ from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError, SourceError
+from consumer.logs import LogSampler
 from consumer.model_sync import ModelSync
 from consumer.residency import Residency
 from consumer.source import Record, Source, TopicPartitionKey
@@ -34,6 +35,8 @@ __all__ = ["ItemUpdates", "StepReport", "Worker"]
 log = logging.getLogger(__name__)
 
 UNKNOWN_ITEM = "unknown_item"
+# Dead letters are logged as a sample: the first of each reason, then one per this many seconds.
+DLQ_LOG_INTERVAL_S = 10.0
 
 
 class ItemUpdates(Protocol):
@@ -131,6 +134,7 @@ class Worker:
         self.residency = residency
         self.model_sync = model_sync
         self.stall_after_s = stall_after_s
+        self._dlq_log = LogSampler(DLQ_LOG_INTERVAL_S)
         # Per partition: when a batch of it was last committed (or it had no lag), for
         # freshrec_partition_stalled.
         self._progress: dict[TopicPartitionKey, float] = {}
@@ -451,7 +455,16 @@ class Worker:
 
     def _reject(self, record: Record, reason: str, detail: str) -> None:
         self.dlq.send(record, reason, detail)
-        log.debug("rejected %s: %s", record.source, detail)
+        held = self._dlq_log.admit(reason)
+        if held is not None:  # a sample per reason: the metrics count every one
+            log.warning(
+                "dead-lettered %s (%s): %s%s",
+                record.source,
+                reason,
+                detail,
+                f" [{held} more with this reason since the last line]" if held else "",
+                extra={"event": "dlq", "reason": reason, "source": record.source, "held": held},
+            )
 
     def _learn(self, batch: _Batch) -> None:
         if not batch.events:
@@ -466,7 +479,11 @@ class Worker:
             self.metrics.online_hit_rate.set(self.hit_rate.rate)
         if update.drift:
             self.metrics.drift_detected.inc()
-            log.warning("drift detected in the online hit rate (now %.3f)", self.hit_rate.rate)
+            log.warning(
+                "drift detected in the online hit rate (now %.3f)",
+                self.hit_rate.rate,
+                extra={"event": "drift", "hit_rate": round(self.hit_rate.rate, 4)},
+            )
         report = self.recommender.learn(batch.events)
         batch.duplicates = report.duplicates
         # Each user is tagged with its partition, so a revoke or a rollback finds its users.

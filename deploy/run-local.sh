@@ -35,7 +35,7 @@ if ! deploy/kafka/local-kafka.sh status 2>/dev/null; then
   started_kafka=1
 fi
 "$FRESHREC" data ml-100k > /dev/null
-"$FRESHREC" topics
+"$FRESHREC" topics create
 echo "run: publishing the ml-100k catalog"
 "$FRESHREC" replay --dataset ml-100k --items-only --no-progress
 
