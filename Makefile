@@ -22,7 +22,7 @@ TEST_KAFKA_PORT ?= 19092
 TEST_SECURE_KAFKA_PORT ?= $(shell expr $(TEST_KAFKA_PORT) + 10)
 DURATION ?=
 
-.PHONY: setup run test test-reliability unit integration kafka-start kafka-stop lint clean
+.PHONY: setup run test test-reliability unit integration kafka-start kafka-stop lint docs clean
 
 setup: $(VENV)/.ok
 
@@ -99,6 +99,11 @@ lint: setup
 	$(VENV)/bin/python -m ruff check consumer learner serving tests bench
 	$(VENV)/bin/python -m ruff format --check consumer learner serving tests bench
 	$(VENV)/bin/python -m mypy
+
+# The README's settings and metrics tables are generated from the code; the unit tests fail
+# when they are stale.
+docs: setup
+	$(VENV)/bin/python -m serving.reference --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -163,6 +163,10 @@ def build_worker(
             admin.close()
     metrics = metrics or WorkerMetrics()
     recommender = recommender or build_recommender(config)
+    if str(recommender.device).startswith("cuda"):
+        from serving.gpu import GpuCollector
+
+        metrics.registry.register(GpuCollector(str(recommender.device)))
     exactly_once = config.guarantee == "exactly-once"
     producer: Any
     if exactly_once:

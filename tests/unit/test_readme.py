@@ -10,6 +10,7 @@ from consumer.codec import REASONS
 from consumer.config import WorkerConfig, env_name
 from consumer.worker import UNKNOWN_ITEM
 from serving.metrics import WorkerMetrics
+from serving.reference import render
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -35,6 +36,10 @@ def test_readme_names_every_metric_series() -> None:
     documented = set(re.findall(r"freshrec_[a-z_]+", README))
     for name in names:
         assert name in documented or f"{name}_total" in documented, name
+
+
+def test_readme_reference_tables_are_generated_from_the_current_code() -> None:
+    assert render(README) == README, "README.md's settings or metrics table is stale: make docs"
 
 
 def test_readme_names_every_dead_letter_reason() -> None:
