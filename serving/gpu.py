@@ -47,7 +47,7 @@ class GpuCollector(Collector):
         labels = [self.device]
         try:
             percent = self._cuda.utilization(self.device)
-        except Exception as err:  # noqa: BLE001 - NVML missing or failing: skip that series
+        except Exception as err:  # NVML missing or failing: leave that series out
             if not self._warned:
                 log.warning("GPU utilisation not exported: %s", err)
                 self._warned = True

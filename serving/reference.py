@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -96,8 +97,12 @@ def render(text: str) -> str:
         )
         if not pattern.search(text):
             raise ValueError(f"README has no generated block {name!r}")
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+        text = pattern.sub(_replacement(make()), text)
     return text
+
+
+def _replacement(body: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: m.group(1) + body + m.group(2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,7 +242,8 @@ def test_right_credentials_pass_the_login_check_and_topics_creates_topics(
 ) -> None:
     check_kafka_login(secure_broker.config(), secure_broker.bootstrap, timeout_s=30)
     monkeypatch.setenv("FRESHREC_SASL_PASSWORD", secure_broker.password)
-    argv = ["topics", "create", "--bootstrap-servers", secure_broker.bootstrap, "--topic-prefix", prefix]
+    argv = ["topics", "create", "--bootstrap-servers", secure_broker.bootstrap]
+    argv += ["--topic-prefix", prefix]
     argv += ["--security-protocol", "SASL_SSL", "--sasl-username", USER]
     argv += ["--ssl-cafile", secure_broker.cafile]
     assert main(argv) == 0

@@ -1,4 +1,7 @@
-"""Specifications of the TOML config file and `freshrec config show`: flag > env > file > default."""
+"""Specifications of the TOML config file and `freshrec config show`.
+
+Precedence: flag > environment variable > config file > default.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, text: str, message: 
 
 
 def test_a_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no-such.toml: no such file"):
+    with pytest.raises(ConfigError, match=r"no-such\.toml: no such file"):
         build(["--config", str(tmp_path / "no-such.toml")])
 
 
@@ -141,9 +144,7 @@ def test_config_show_prints_toml_that_reads_back_as_the_same_settings(
     shown.write_text(out, encoding="utf-8")
     monkeypatch.delenv("FRESHREC_BATCH_SIZE")
     again = config_from_args(argparse.Namespace(config=str(shown)), {})
-    expected = config_from_args(
-        argparse.Namespace(config=str(toml), top_k=7, batch_size=50), {}
-    )
+    expected = config_from_args(argparse.Namespace(config=str(toml), top_k=7, batch_size=50), {})
     assert again == expected
 
 
