@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,20 @@ def create_topics(config: WorkerConfig) -> list[TopicRow]:
     try:
         created = set(ensure_topics(admin, config))
         specs = topic_specs(config)
-        described = {d["topic"]: d for d in admin.describe_topics(list(specs))}
+        # A topic created a moment ago may be described without partitions until the
+        # metadata has spread; ask again for a few seconds.
+        deadline = time.monotonic() + 10.0
+        while True:
+            described = {d["name"]: d for d in admin.describe_topics(list(specs))}
+            if all(d["partitions"] for d in described.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         admin.close()
     rows = []
     for name, (_, configs) in specs.items():
         partitions = described[name]["partitions"]
-        replication = len(partitions[0]["replicas"]) if partitions else 0
+        replication = len(partitions[0]["replica_nodes"]) if partitions else 0
         status = "created" if name in created else "exists"
         rows.append(TopicRow(name, len(partitions), replication, configs, status))
     return rows
