@@ -211,6 +211,21 @@ def main() -> int:
         )
     )
 
+    # The worker's GPU series (serving/gpu.py) read from the real device: memory must show
+    # the tensors above; utilisation needs NVML (nvidia-ml-py) and is reported if present.
+    from serving.gpu import GpuCollector
+
+    series = {s.name: s.value for m in GpuCollector("cuda").collect() for s in m.samples}
+    memory_ok = series.get("freshrec_gpu_memory_used_bytes", 0.0) > 0
+    ok &= memory_ok
+    rows.append(
+        (
+            "worker GPU series (freshrec_gpu_*)",
+            ", ".join(f"{k.removeprefix('freshrec_gpu_')} {v:,.2f}" for k, v in series.items()),
+            "ok" if memory_ok else "FAIL (no memory in use)",
+        )
+    )
+
     name = torch.cuda.get_device_name(0)
     print(f"\n## freshrec GPU check on {name}\n")
     print("| what | figure | note |\n|---|---|---|")

@@ -40,6 +40,7 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _QUIET = ("kafka", "faiss", "urllib3", "filelock")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_HANDLER_NAME = "freshrec"
 
 
 class JsonFormatter(logging.Formatter):
@@ -82,8 +83,8 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
     """Send every logger's records at ``level`` and above to ``stream`` (stderr).
 
     ``fmt`` is ``json``, ``text``, or ``auto``: text when the stream is a terminal, JSON
-    otherwise (a container, a systemd journal, a file). Replaces handlers set before, so a
-    command may call it again with what its settings say.
+    otherwise (a container, a systemd journal, a file). Replaces the handler an earlier call
+    added, so a command may call it again with what its settings say.
     """
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
@@ -92,9 +93,11 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
         fmt = "text" if _is_tty(stream) else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call; others' handlers stay
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in _QUIET:

@@ -370,6 +370,8 @@ def test_scaling_1_to_3_to_1_under_load_keeps_one_owner_per_partition_and_every_
         "FRESHREC_ASSIGNOR": assignor,
         # start_worker's 25-event batches cap one worker near 200 events/s on an idle dev VM.
         "FRESHREC_BATCH_SIZE": "200",
+        # The rebalance timeline below is read from the readable log lines.
+        "FRESHREC_LOG_FORMAT": "text",
     }
     workers: list[subprocess.Popen[bytes]] = []
     stream = SteadyStream(producer, topic, items, RATE)

@@ -178,10 +178,12 @@ def test_logged_start_up_settings_never_hold_the_password(
 
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:9", "--log-level", "DEBUG"]) == 2
 
-    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settings:")]
+    started = [r for r in caplog.records if getattr(r, "event", None) == "start"]
     assert started, caplog.text
-    assert "security_protocol='SASL_PLAINTEXT'" in started[0]
-    assert "sasl_password=Secret('********')" in started[0]
+    assert "security_protocol='SASL_PLAINTEXT'" in started[0].getMessage()
+    assert "sasl_password=Secret('********')" in started[0].getMessage()
+    settings = started[0].settings  # type: ignore[attr-defined]
+    assert settings["sasl_password"] == "********" and PASSWORD not in repr(settings)
     assert PASSWORD not in caplog.text
     out, err = capsys.readouterr()
     assert PASSWORD not in out + err
