@@ -19,7 +19,7 @@ from consumer.config import (
     public_settings,
 )
 from consumer.exceptions import FreshrecError
-from consumer.logs import setup_logging
+from consumer.logs import json_logging, setup_logging
 
 __all__ = ["main"]
 
@@ -449,10 +449,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except FreshrecError as err:
+        if json_logging():
+            log.error("%s", err, extra={"event": "error", "error": type(err).__name__})
         print(f"freshrec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug or an unexpected failure: its traceback goes to the log collector as one JSON
+        # line (with the traceback in "exc") instead of as loose lines on stderr.
+        if not json_logging():
+            raise
+        log.critical("stopped by an unexpected error", exc_info=True, extra={"event": "crash"})
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "LogSampler", "setup_logging"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "LogSampler", "json_logging", "setup_logging"]
 
 LOG_FORMATS = ("auto", "json", "text")
 
@@ -102,6 +102,15 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def json_logging() -> bool:
+    """Whether :func:`setup_logging` last chose JSON lines (so that a command's final error
+    goes to the log collector as JSON too, not only as a plain line)."""
+    return any(
+        h.get_name() == _HANDLER_NAME and isinstance(h.formatter, JsonFormatter)
+        for h in logging.getLogger().handlers
+    )
 
 
 def _is_tty(stream: IO[str]) -> bool:

@@ -142,3 +142,33 @@ def test_a_flood_of_bad_records_logs_a_sample_per_reason_while_metrics_count_all
 def test_setup_rejects_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="log format"):
         setup_logging("INFO", "xml", stream=sys.stderr)
+
+
+def test_an_unexpected_error_reaches_the_json_log_with_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consumer import cli
+
+    def crash(args: object) -> int:
+        cli.setup_logging("INFO", "json")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_cmd_config_show", crash)
+    assert cli.main(["config", "show"]) == 1
+    [line] = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert line["event"] == "crash" and "RuntimeError: a bug" in line["exc"]
+
+
+def test_a_configuration_error_is_a_json_line_and_a_plain_last_line(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer import cli
+
+    monkeypatch.setattr(cli, "version_string", lambda: "freshrec test")
+    path = tmp_path / "bad.toml"
+    path.write_text("topk = 1\n", encoding="utf-8")
+    setup_logging("INFO", "json")  # as a command does once its settings are read
+    assert cli.main(["config", "show", "--config", str(path)]) == 2
+    *json_lines, last = capsys.readouterr().err.splitlines()
+    assert json.loads(json_lines[-1])["event"] == "error"
+    assert last.startswith("freshrec: error: config file") and "topk" in last
