@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
-from consumer.config import ENV_PREFIX, WorkerConfig, config_from_args
+from consumer.config import ENV_PREFIX, Secret, WorkerConfig, add_arguments
 
 __all__ = [
     "CLOSE_MARGIN_S",
@@ -53,9 +53,18 @@ def effective_settings(
         name = setting_of(variable)
         if name is None:
             raise KeyError(f"{variable} is not a freshrec setting")
-        parsed = config_from_args(argparse.Namespace(), {variable: raw})
-        values[name] = getattr(parsed, name)
+        values[name] = _parse(name, raw)
     return values
+
+
+def _parse(name: str, raw: str) -> Any:
+    """One setting's text as the worker's own flag parser converts it (a secret has no flag)."""
+    spec = next(f for f in fields(WorkerConfig) if f.name == name)
+    if spec.metadata.get("env_only"):
+        return Secret(raw)
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser, only=[name])
+    return getattr(parser.parse_args(["--" + name.replace("_", "-"), raw]), name)
 
 
 def graceful_stop_s(settings: Mapping[str, Any]) -> float:
