@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
@@ -13,6 +15,7 @@ __all__ = [
     "CLOSE_MARGIN_S",
     "effective_settings",
     "graceful_stop_s",
+    "image_instructions",
     "setting_of",
 ]
 
@@ -90,3 +93,33 @@ def graceful_stop_s(settings: Mapping[str, Any]) -> float:
         + 2 * settings["delivery_timeout_s"]
         + max(settings["commit_timeout_s"], request_timeout_s)
     )
+
+
+def image_instructions(dockerfile: str) -> tuple[list[tuple[str, str]], str | None]:
+    r"""The ``ENV`` pairs (in order) and the ``USER`` of a Dockerfile's last stage: the image
+    a container runs, whose variables beat the config file (environment > file).
+
+    Examples
+    --------
+    >>> text = "FROM a AS build\nENV X=1\nFROM b\n# note\nENV A=1 \\\n    B='two words'\n"
+    >>> image_instructions(text + "ENV C 3\nUSER 10001:10001\nCMD [\"worker\"]\n")
+    ([('A', '1'), ('B', 'two words'), ('C', '3')], '10001:10001')
+    """
+    pairs: list[tuple[str, str]] = []
+    user = None
+    for line in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        words = line.strip().split(maxsplit=1)
+        if not words or words[0].startswith("#"):
+            continue
+        instruction, rest = words[0].upper(), words[1] if len(words) > 1 else ""
+        if instruction == "FROM":
+            pairs, user = [], None
+        elif instruction == "USER":
+            user = rest.strip()
+        elif instruction == "ENV":
+            tokens = shlex.split(rest)
+            if tokens and "=" not in tokens[0]:  # the legacy form: ENV NAME value
+                pairs.append((tokens[0], rest.split(maxsplit=1)[1].strip()))
+                continue
+            pairs.extend((n, v) for n, _, v in (t.partition("=") for t in tokens))
+    return pairs, user

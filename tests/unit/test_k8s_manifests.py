@@ -35,6 +35,7 @@ from tests.unit.deploy_checks import (
     CLOSE_MARGIN_S,
     effective_settings,
     graceful_stop_s,
+    image_instructions,
     setting_of,
 )
 
@@ -42,9 +43,15 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 VARIANTS = {"cpu": K8S / "base", "gpu": K8S / "gpu"}
 IMAGES = {"cpu": "freshrec:cpu", "gpu": "freshrec:cuda"}
-# The Kubernetes release whose schemas the manifests must satisfy (kubernetes-validate bundles
-# them; nothing is downloaded). The manifests use nothing newer than 1.30's stable APIs.
-KUBERNETES_VERSION = "1.30"
+# The images' sources (deploy/docker, another change); checks of what they set skip without.
+DOCKERFILES = {
+    "cpu": ROOT / "deploy" / "docker" / "Dockerfile",
+    "gpu": ROOT / "deploy" / "docker" / "Dockerfile.cuda",
+}
+# The Kubernetes releases whose schemas the manifests must satisfy (kubernetes-validate bundles
+# them; nothing is downloaded): 1.30, whose stable APIs are all the manifests use, and the
+# newest the installed kubernetes-validate knows, which would catch an API removed since.
+KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 SERVICEMONITOR_CRD = (
     ROOT / "tests" / "fixtures" / "k8s" / "monitoring.coreos.com_servicemonitors.yaml"
 )
@@ -97,7 +104,8 @@ def validate(doc: dict[str, Any]) -> None:
     if crd is not None:
         crd.validate(doc)
         return
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def load_yaml(path: Path) -> list[dict[str, Any]]:
@@ -198,9 +206,20 @@ class Applied:
     def env_literals(self) -> list[tuple[str, str]]:
         return [(e["name"], e["value"]) for e in self.container.get("env", []) if "value" in e]
 
+    def image(self) -> tuple[list[tuple[str, str]], str | None]:
+        """The settings among the image's ENV, and its USER ([] and None without a
+        Dockerfile in this checkout)."""
+        dockerfile = DOCKERFILES[self.variant]
+        if not dockerfile.exists():
+            return [], None
+        env, user = image_instructions(dockerfile.read_text())
+        return [(n, v) for n, v in env if setting_of(n)], user
+
     def settings(self) -> dict[str, Any]:
-        """The worker's effective settings in this pod: defaults < file < environment."""
-        return effective_settings(self.config_values(), self.env_literals())
+        """The worker's effective settings in this pod: defaults < file < environment (the
+        image's ENV, then the container's env, which Kubernetes lets override it)."""
+        image_env, _ = self.image()
+        return effective_settings(self.config_values(), image_env + self.env_literals())
 
 
 def _key_of(source: dict[str, Any], inside: str) -> str:
@@ -378,6 +397,27 @@ def test_the_config_file_holds_settings_and_no_secret(applied: Applied) -> None:
     for secret in example:
         for text in secret.get("stringData", {}).values():
             assert text.strip() not in json.dumps(values)
+
+
+def test_the_image_does_not_override_the_config_file(applied: Applied) -> None:
+    """A FRESHREC_* variable baked into the image beats the ConfigMap (environment > file):
+    where both set a setting they must agree, or the file would be silently ignored."""
+    if not DOCKERFILES[applied.variant].exists():
+        pytest.skip(f"no {DOCKERFILES[applied.variant].name} in this checkout")
+    image_env, user = applied.image()
+    file_values = applied.config_values()
+    container_env = {n for n, _ in applied.env_literals()}
+    for name, raw in image_env:
+        setting = setting_of(name)
+        if setting in file_values and name not in container_env:
+            from_image = effective_settings({}, [(name, raw)])[setting]
+            assert from_image == file_values[setting], (
+                f"the image sets {name}={raw}, which beats {setting} = "
+                f"{file_values[setting]!r} in {CONFIG_KEY}"
+            )
+    # runAsNonRoot can only verify a numeric user; it must be the one the manifests run as.
+    pod_security = applied.pod["spec"]["securityContext"]
+    assert user == f"{pod_security['runAsUser']}:{pod_security['runAsGroup']}", user
 
 
 def test_the_config_file_sets_what_the_deployment_relies_on(applied: Applied) -> None:
