@@ -21,10 +21,33 @@ TEST_KAFKA_PORT ?= 19092
 # The security tests start a broker with a SASL_SSL listener of their own, on this port + 2.
 TEST_SECURE_KAFKA_PORT ?= $(shell expr $(TEST_KAFKA_PORT) + 10)
 DURATION ?=
+# Prometheus and promtool for the monitoring tests: Debian's `prometheus` package, unpacked into
+# the cache (never installed on the system). Exported, so every recipe's pytest sees them.
+TOOLS := $(FRESHREC_CACHE)/tools
+PROMETHEUS_HOME := $(TOOLS)/prometheus
+export FRESHREC_PROMETHEUS := $(PROMETHEUS_HOME)/usr/bin/prometheus
+export FRESHREC_PROMTOOL := $(PROMETHEUS_HOME)/usr/bin/promtool
 
-.PHONY: setup run test test-reliability unit integration kafka-start kafka-stop lint docs clean
+.PHONY: setup tools run test test-reliability unit integration kafka-start kafka-stop lint docs clean
 
 setup: $(VENV)/.ok
+
+tools: $(PROMETHEUS_HOME)/.ok
+
+# Once per machine: `apt-get download` (package lists refreshed only if it cannot find the
+# package), `dpkg -x` into prometheus-<version>/, and the `prometheus` link to it.
+$(PROMETHEUS_HOME)/.ok:
+	@echo "tools: unpacking Debian's prometheus package into $(TOOLS)"
+	rm -rf $(TOOLS)/download.tmp && mkdir -p $(TOOLS)/download.tmp
+	cd $(TOOLS)/download.tmp && { apt-get download prometheus \
+		|| { apt-get update -q && apt-get download prometheus; }; }
+	deb="$$(ls $(TOOLS)/download.tmp/prometheus_*.deb)"; \
+	version="$$(dpkg-deb --field "$$deb" Version)"; dest="$(TOOLS)/prometheus-$$version"; \
+	rm -rf "$$dest" "$$dest.tmp" && dpkg -x "$$deb" "$$dest.tmp" && mv "$$dest.tmp" "$$dest" \
+	&& ln -sfn "prometheus-$$version" $(PROMETHEUS_HOME)
+	rm -rf $(TOOLS)/download.tmp
+	$(FRESHREC_PROMTOOL) --version
+	touch $@
 
 $(DEPS)/.ok:
 	@echo "setup: installing dependencies into $(DEPS) (once per pyproject.toml)"
@@ -70,7 +93,7 @@ run: setup
 # each) run in `make test-reliability`; CI runs both. The security tests start and stop the
 # secured broker on $(TEST_SECURE_KAFKA_PORT) themselves; the last stop here only catches one
 # that a killed pytest left behind.
-test: setup
+test: setup tools
 	@set -o pipefail; export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); \
 	$(KAFKA) start || exit 1; \
 	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
@@ -85,10 +108,10 @@ test-reliability: setup
 		-m reliability tests/integration; status=$$?; \
 	$(KAFKA) stop; exit $$status
 
-unit: setup
+unit: setup tools
 	$(VENV)/bin/python -m pytest tests/unit consumer learner serving bench
 
-integration: setup
+integration: setup tools
 	@export FRESHREC_KAFKA_PORT=$(TEST_KAFKA_PORT); $(KAFKA) start || exit 1; \
 	FRESHREC_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 	FRESHREC_TEST_SECURE_KAFKA_PORT=$(TEST_SECURE_KAFKA_PORT) \

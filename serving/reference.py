@@ -19,8 +19,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["BLOCKS", "metrics_table", "render", "settings_table"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["BLOCKS", "exported_families", "metrics_table", "render", "settings_table"]
 
 
 def _cell(text: str) -> str:
@@ -47,19 +51,7 @@ def settings_table() -> str:
 def metrics_table() -> str:
     """Markdown rows: name, type, labels, help of every series the worker can export
     (the GPU series only on CUDA)."""
-    from serving.gpu import GpuCollector
-    from serving.metrics import WorkerMetrics
-
-    class _NoGpu:  # the GPU collector's families, without a GPU
-        def utilization(self, device: str) -> int:
-            return 0
-
-        def mem_get_info(self, device: str) -> tuple[int, int]:
-            return (0, 0)
-
-    registry = WorkerMetrics().registry
-    families = [m for m in registry.collect() if m.name != "target_info"]
-    families += list(GpuCollector("cuda", _NoGpu()).collect())
+    families = exported_families()
     rows = ["| series | type | labels | what it measures |", "|---|---|---|---|"]
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")
@@ -73,6 +65,23 @@ def metrics_table() -> str:
             f"| `{name}` | {family.type} | {label_text} | {_cell(family.documentation)}{note} |"
         )
     return "\n".join(rows).replace("|  |", "| |")
+
+
+def exported_families() -> list[Metric]:
+    """Every metric family a worker can export: its registry's, and the GPU collector's
+    (registered only on CUDA; read here through a stand-in for ``torch.cuda``)."""
+    from serving.gpu import GpuCollector
+    from serving.metrics import WorkerMetrics
+
+    class _NoGpu:
+        def utilization(self, device: str) -> int:
+            return 0
+
+        def mem_get_info(self, device: str) -> tuple[int, int]:
+            return (0, 0)
+
+    families = [m for m in WorkerMetrics().registry.collect() if m.name != "target_info"]
+    return families + list(GpuCollector("cuda", _NoGpu()).collect())
 
 
 def _declared_labels(name: str) -> tuple[str, ...]:
