@@ -425,7 +425,11 @@ def test_cpu_image_takes_the_cpu_torch_and_cuda_image_the_cuda_one() -> None:
     cuda_env = env_of(stages(parse_dockerfile(DOCKERFILES["cuda"].read_text("utf-8")))[-1])
     assert cuda_env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert "compute" in cuda_env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
-    assert "utility" in cuda_env["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # GPU metrics (NVML)
+    # freshrec_gpu_utilization_ratio comes from NVML: the driver's side (the utility
+    # capability) and the Python binding that torch.cuda.utilization imports.
+    assert "utility" in cuda_env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    cuda_build = stages(parse_dockerfile(DOCKERFILES["cuda"].read_text("utf-8")))[0]
+    assert any("nvidia-ml-py==" in i.args for i in cuda_build if i.keyword == "RUN")
 
 
 # --------------------------------------------------------------------------------------------
