@@ -37,6 +37,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from prometheus_client import CollectorRegistry
 
+from consumer.cli import main as cli_main
 from consumer.config import WorkerConfig
 from serving.http import MetricsServer
 
@@ -649,7 +650,6 @@ def test_workers_form_one_group_keep_state_in_named_volumes_and_stop_gracefully(
     stack: dict[str, Any],
 ) -> None:
     services = stack["services"]
-    defaults = WorkerConfig()
     groups, clients, volumes = set(), set(), set()
     for name in WORKERS:
         worker = services[name]
@@ -669,13 +669,56 @@ def test_workers_form_one_group_keep_state_in_named_volumes_and_stop_gracefully(
         }
         probe = " ".join(worker["healthcheck"]["test"])
         assert f"127.0.0.1:{env['FRESHREC_METRICS_PORT']}/healthz" in probe
+        # A SIGTERM'd worker needs up to commit_timeout_s + delivery_timeout_s to commit: the
+        # grace period is checked against the effective settings below.
         assert worker["stop_signal"] == "SIGTERM"
-        # A SIGTERM'd worker needs up to commit_timeout_s + delivery_timeout_s to commit.
-        deadline = defaults.commit_timeout_s + defaults.delivery_timeout_s
-        assert _seconds(worker["stop_grace_period"]) > deadline
     assert len(groups) == 1
     assert len(clients) == len(WORKERS)
     assert len(volumes) == len(WORKERS)
+
+
+def _image_env(service: dict[str, Any]) -> dict[str, str]:
+    """The ENV that the image a compose service builds sets in its final stage."""
+    dockerfile = Path(service["build"]["context"]) / service["build"]["dockerfile"]
+    env = env_of(stages(parse_dockerfile(dockerfile.read_text(encoding="utf-8")))[-1])
+    return {k: v for k, v in env.items() if k not in {"PATH", "HOME"}}
+
+
+@pytest.mark.parametrize(
+    "files", [(COMPOSE,), (COMPOSE, COMPOSE_GPU)], ids=["compose", "compose+gpu"]
+)
+def test_every_freshrec_service_environment_is_a_valid_config(
+    compose: Compose, files: tuple[Path, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image's ENV plus the service's, through `freshrec config show`, as the worker reads them.
+
+    A misspelt value (``FRESHREC_LOG_FORMAT: jsonl``) fails here rather than at `up`; the
+    effective settings then back the checks on ports and the stop grace period.
+    """
+    model = _resolved(compose, *files)
+    services = {
+        n: s for n, s in model["services"].items() if s.get("image", "").startswith("freshrec:")
+    }
+    assert set(services) == {"topics", "catalog", "replay", *WORKERS}
+    for name, service in services.items():
+        with pytest.MonkeyPatch.context() as env:
+            for variable in [v for v in os.environ if v.startswith("FRESHREC_")]:
+                env.delenv(variable)
+            for variable, value in {**_image_env(service), **service["environment"]}.items():
+                env.setenv(variable, value)
+            status = cli_main(["config", "show", "--format", "json"])
+        printed = capsys.readouterr()
+        assert status == 0, f"{name}: {printed.err}"
+        settings = json.loads(printed.out)["settings"]
+        assert settings["bootstrap_servers"] == "kafka:9092", name
+        if name in WORKERS:
+            probe = " ".join(service["healthcheck"]["test"])
+            assert f"127.0.0.1:{settings['metrics_port']}/healthz" in probe
+            assert settings["metrics_host"] == "0.0.0.0"
+            deadline = settings["commit_timeout_s"] + settings["delivery_timeout_s"]
+            assert _seconds(service["stop_grace_period"]) > deadline, name
+            gpu = COMPOSE_GPU in files
+            assert settings["device"] == ("cuda" if gpu else "cpu"), name
 
 
 def test_prometheus_loads_the_mounted_rules_and_scrapes_both_workers(
