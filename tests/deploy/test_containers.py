@@ -10,9 +10,11 @@ No container engine runs here, so nothing is built or started. What is checked i
 - what neither tool knows: multi-stage with the venv copied from the build stage, a non-root
   final user, the /healthz HEALTHCHECK on the worker's metrics port, weights and ml-100k baked in
   at build time, the Python version against pyproject, the build context that .dockerignore
-  leaves; and in compose, the services and their start order, one consumer group, state in named
-  volumes, a stop grace period above the worker's commit deadline, Prometheus loading the
-  mounted rules and scraping the workers, Grafana provisioned with the dashboard file.
+  leaves, and the HEALTHCHECK command run against the worker's real HTTP server; in compose, the
+  services and their start order, one consumer group, state in named volumes, each service's
+  environment accepted by `freshrec config show` with a stop grace period above the worker's
+  commit deadline, Prometheus loading the mounted rules and scraping the workers, Grafana
+  provisioned with the dashboard file.
 """
 
 from __future__ import annotations
