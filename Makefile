@@ -56,7 +56,7 @@ $(VENV)/.ok: $(DEPS)/.ok pyproject.toml
 	touch $(VENV)/.ok
 
 # The Docker Compose CLI plugin that tests/deploy runs (`docker compose config`), built once from
-# the Go module proxy into $(FRESHREC_CACHE)/docker/cli-plugins (about 1.5 minutes).
+# the Go module proxy into $(FRESHREC_CACHE)/docker/cli-plugins (1.5-3 minutes on 2 cores).
 deploy-tools:
 	FRESHREC_CACHE=$(FRESHREC_CACHE) deploy/tools/install-compose.sh
 

@@ -11,7 +11,7 @@
 #
 # and `DOCKER_CONFIG=$FRESHREC_CACHE/docker docker compose ...` finds it (the binary also runs on
 # its own, as `docker-compose`). Idempotent: returns at once when that version is installed.
-# About 1.5 minutes on 2 cores the first time (download and compile); the Go build cache and
+# 1.5-3 minutes on 2 shared cores the first time (download and compile); the Go build cache and
 # module downloads live in a temporary directory that is removed afterwards.
 set -euo pipefail
 
