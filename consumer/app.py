@@ -33,6 +33,7 @@ from learner.ann import set_threads as set_ann_threads
 from learner.encoder import CachedEncoder, TextEncoder
 from learner.head import HeadConfig
 from learner.recommender import ModelConfig, Recommender
+from learner.rules import Rules
 from serving.metrics import WorkerMetrics
 from serving.publisher import KafkaPublisher
 
@@ -41,8 +42,9 @@ __all__ = ["KafkaWorker", "build_recommender", "build_worker", "kafka_producer"]
 log = logging.getLogger(__name__)
 
 
-def build_recommender(config: WorkerConfig) -> Recommender:
-    """The frozen encoder (with its content-hash cache) and a fresh model."""
+def build_recommender(config: WorkerConfig, rules: Rules | None = None) -> Recommender:
+    """The frozen encoder (with its content-hash cache) and a fresh model that ranks with
+    ``config.diversity`` and applies ``rules`` (the config file's ``[rules]``) to every list."""
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
         set_ann_threads(config.torch_threads)  # FAISS's OpenMP threads share the same cores
@@ -61,6 +63,9 @@ def build_recommender(config: WorkerConfig) -> Recommender:
         dedup_window=config.dedup_window,
         min_events=config.min_events,
         ann_min_items=config.ann_min_items,
+        diversity=config.diversity,
+        rerank_pool=config.rerank_pool,
+        rules=rules or Rules(),
         head=HeadConfig(
             rank=config.head_rank,
             lr=config.head_lr,
@@ -145,8 +150,12 @@ def build_worker(
     *,
     recommender: Recommender | None = None,
     metrics: WorkerMetrics | None = None,
+    rules: Rules | None = None,
 ) -> KafkaWorker:
-    """Create topics if asked, connect to Kafka, and wire source, model and publisher."""
+    """Create topics if asked, connect to Kafka, and wire source, model and publisher.
+
+    ``rules`` (``consumer.config_file.read_rules``) go into the model built here; a given
+    ``recommender`` brings its own (``ModelConfig.rules``)."""
     from kafka import KafkaAdminClient
     from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.coordinator.assignors.range import RangePartitionAssignor
@@ -162,7 +171,9 @@ def build_worker(
         finally:
             admin.close()
     metrics = metrics or WorkerMetrics()
-    recommender = recommender or build_recommender(config)
+    recommender = recommender or build_recommender(config, rules)
+    if recommender.config.rules.active:
+        log.info("business rules on every list: %s", recommender.config.rules)
     if str(recommender.device).startswith("cuda"):
         from serving.gpu import GpuCollector
 

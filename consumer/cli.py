@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -78,6 +79,7 @@ def _configured(args: argparse.Namespace) -> WorkerConfig:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker
+    from consumer.config_file import config_path, read_rules
     from consumer.security import check_kafka_login
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
@@ -90,6 +92,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         extra={"event": "start", "settings": public_settings(config)},
     )
     check_kafka_login(config, config.bootstrap_servers)
+    rules = read_rules(config_path(args, os.environ))
     metrics = WorkerMetrics()
     holder: dict[str, object] = {}
     server = MetricsServer(
@@ -101,7 +104,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
     server.start()
     log.info("metrics on %s (also /healthz, /readyz)", server.url)
-    kw = build_worker(config, metrics=metrics)
+    kw = build_worker(config, metrics=metrics, rules=rules)
     holder["worker"] = kw.worker
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -178,12 +181,15 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     import json
 
     from consumer.config import resolve_config
-    from consumer.config_file import to_toml
+    from consumer.config_file import config_path, read_rules, rules_to_toml, to_toml
 
     config, origin = resolve_config(args)
+    path = config_path(args, os.environ)
+    rules = read_rules(path)
     settings = public_settings(config)
     if args.format == "json":
-        print(json.dumps({"settings": settings, "origin": origin}, indent=2))
+        shown = {"settings": settings, "origin": origin, "rules": rules.as_dict()}
+        print(json.dumps(shown, indent=2))
         return 0
     secrets = {f for f in settings if f == "sasl_password"}
     print("# freshrec's effective settings: flag > environment variable > config file > default")
@@ -193,6 +199,9 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     for name in secrets:
         state = f"set, from {origin[name]}" if settings[name] else "not set"
         print(f"# {name}: {state}")
+    if rules.active:  # a table comes after every top-level key
+        print(f"\n# business rules, from file {path}")
+        print(rules_to_toml(rules))
     return 0
 
 
@@ -303,6 +312,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tune_models=not args.no_tune,
         progress=not args.no_progress,
         torch_threads=args.torch_threads,
+        diversity=args.diversity_sweep,
     )
     return 0
 
@@ -425,6 +435,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-tune", action="store_true", help="first grid value, no tuning")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--torch-threads", type=int, default=1)
+    evaluate.add_argument(
+        "--diversity",
+        # Not `diversity`: that is the worker setting, which _configured would read.
+        dest="diversity_sweep",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="LAMBDA",
+        help="MMR lambda(s) of freshrec's models; several run a sweep that writes "
+        "diversity.md and diversity_tradeoff.png (NDCG@k against intra-list diversity)",
+    )
     add_arguments(evaluate, only=LOG_SETTINGS)
     evaluate.set_defaults(func=_cmd_evaluate)
 

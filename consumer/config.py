@@ -257,6 +257,21 @@ class WorkerConfig:
         choices=("auto", "json", "text"),
     )
 
+    # -- diversity: MMR re-ranking of each published list (issue 7, item 4) --------------------
+    # learner/rerank.py; the [rules] table of the config file (business rules, item 5) is
+    # parsed by consumer/config_file.py and applied in the same greedy selection.
+    diversity: float = _setting(
+        0.0,
+        "MMR lambda in [0, 1]: each list is picked greedily by (1 - lambda) * relevance - "
+        "lambda * the highest content cosine to the items already picked (0: plain relevance "
+        "order)",
+    )
+    rerank_pool: int = _setting(
+        500,
+        "candidates per user, best by relevance, from which --diversity and the [rules] table's "
+        "per-value caps pick each list",
+    )
+
     # -- security: how every Kafka client authenticates and encrypts (issue 5) ------------------
     # consumer/security.py turns these into kafka-python's keyword arguments.
     security_protocol: str = _setting(
@@ -541,6 +556,8 @@ def _validate(config: Any, origin: Mapping[str, str]) -> None:
             raise ConfigError(f"{where(f.name)} must be one of {', '.join(choices)}, not {value!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{where(f.name)} must not be negative, got {value}")
+    if getattr(config, "diversity", 0.0) > 1.0:
+        raise ConfigError(f"{where('diversity')} must lie in [0, 1], got {config.diversity}")
     for positive in ("batch_size", "top_k", "partitions", "replication_factor"):
         if getattr(config, positive, 1) < 1:
             raise ConfigError(f"{where(positive)} must be at least 1")

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from learner.exceptions import FreshrecError
@@ -48,6 +50,7 @@ __all__ = [
     "SLICES",
     "SPLITS",
     "EvalResult",
+    "ItemFeatures",
     "ProtocolError",
     "Slice",
     "SliceStats",
@@ -56,7 +59,9 @@ __all__ = [
     "cold_flags",
     "coverage",
     "evaluate_stream",
+    "genre_coverage",
     "hit_at_k",
+    "intra_list_diversity",
     "markdown_table",
     "moving_average",
     "mrr_at_k",
@@ -65,8 +70,10 @@ __all__ = [
     "rank_of",
     "seeded_sample",
     "split_index",
+    "tradeoff_rows",
     "tune",
     "write_outputs",
+    "write_tradeoff",
 ]
 
 Split = Literal["tune", "test"]
@@ -171,6 +178,78 @@ def coverage(recommended: Set[str], catalog_size: int) -> float:
     return len(recommended) / catalog_size
 
 
+def intra_list_diversity(vectors: Tensor) -> float | None:
+    """Mean pairwise ``1 - cosine`` of a list's item vectors (rows); None under two items.
+
+    Examples
+    --------
+    >>> round(intra_list_diversity(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])), 6)
+    0.666667
+    >>> intra_list_diversity(torch.tensor([[1.0, 0.0]])) is None
+    True
+    """
+    n = int(vectors.shape[0])
+    if n < 2:
+        return None
+    unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    similarity = unit @ unit.T
+    pairs = n * (n - 1)
+    return float(1.0 - (similarity.sum() - similarity.diagonal().sum()) / pairs)
+
+
+def genre_coverage(genres: Sequence[Set[str]], catalog_genres: int) -> float:
+    """Share of the catalog's genres that a list's items carry between them.
+
+    Examples
+    --------
+    >>> genre_coverage([{"Drama"}, {"Drama", "War"}, set()], catalog_genres=8)
+    0.25
+    """
+    if catalog_genres <= 0:
+        raise ValueError("catalog_genres must be positive")
+    present: set[str] = set()
+    for g in genres:
+        present |= g
+    return len(present) / catalog_genres
+
+
+@dataclass(frozen=True)
+class ItemFeatures:
+    """What list diversity is measured on: each item's content vector and genres.
+
+    Examples
+    --------
+    >>> feats = ItemFeatures.build(["a", "b"], torch.eye(2), [["Drama"], ["War", "Drama"]])
+    >>> feats.diversity(["a", "b"]), feats.coverage(["a"]), feats.catalog_genres
+    (1.0, 0.5, 2)
+    """
+
+    rows: Mapping[str, int]
+    vectors: Tensor
+    genres: Sequence[frozenset[str]]
+    catalog_genres: int
+
+    @classmethod
+    def build(
+        cls, item_ids: Sequence[str], vectors: Tensor, genres: Sequence[Sequence[str]]
+    ) -> ItemFeatures:
+        sets = [frozenset(g) for g in genres]
+        every: set[str] = set()
+        for g in sets:
+            every |= g
+        unit = torch.nn.functional.normalize(vectors.detach().float().cpu(), dim=-1)
+        rows = {item_id: n for n, item_id in enumerate(item_ids)}
+        return cls(rows, unit, sets, max(1, len(every)))
+
+    def diversity(self, ranked: Sequence[str]) -> float | None:
+        rows = [self.rows[i] for i in ranked if i in self.rows]
+        return intra_list_diversity(self.vectors[rows]) if rows else None
+
+    def coverage(self, ranked: Sequence[str]) -> float | None:
+        sets = [self.genres[self.rows[i]] for i in ranked if i in self.rows]
+        return genre_coverage(sets, self.catalog_genres) if sets else None
+
+
 def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing means of ``values`` over ``window`` consecutive entries (full windows only).
 
@@ -269,9 +348,28 @@ class SliceStats:
     user_events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     user_hits: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     recommended: set[str] = field(default_factory=set)
+    # Sums over the lists that had a value (two items or more; one item or more).
+    ild: float = 0.0
+    ild_lists: int = 0
+    genres: float = 0.0
+    genre_lists: int = 0
 
-    def add(self, user_id: str, rank: int | None, ranked: Sequence[str]) -> None:
-        """Score one event whose item sat at ``rank`` (None: absent) of the list ``ranked``."""
+    def add(
+        self,
+        user_id: str,
+        rank: int | None,
+        ranked: Sequence[str],
+        ild: float | None = None,
+        genres: float | None = None,
+    ) -> None:
+        """Score one event whose item sat at ``rank`` (None: absent) of the list ``ranked``,
+        with the list's intra-list diversity and genre coverage when measured."""
+        if ild is not None:
+            self.ild += ild
+            self.ild_lists += 1
+        if genres is not None:
+            self.genres += genres
+            self.genre_lists += 1
         self.events += 1
         self.user_events[user_id] += 1
         if rank is not None:
@@ -281,8 +379,9 @@ class SliceStats:
         self.mrr += mrr_at_k(rank)
         self.recommended.update(ranked)
 
-    def metrics(self, k: int, catalog_size: int) -> dict[str, float]:
-        """Averages: per event (hr, ndcg, mrr), per user (precision, recall, f1), coverage."""
+    def metrics(self, k: int, catalog_size: int, diversity: bool = False) -> dict[str, float]:
+        """Averages: per event (hr, ndcg, mrr), per user (precision, recall, f1), coverage;
+        with ``diversity``, per list: intra-list diversity and genre coverage."""
         n = self.events
         per_user = [
             precision_recall_f1(self.user_hits.get(user, 0), count, k)
@@ -297,7 +396,14 @@ class SliceStats:
             f"recall@{k}": sum(r for _, r, _ in per_user) / users if users else 0.0,
             f"f1@{k}": sum(f for _, _, f in per_user) / users if users else 0.0,
             f"coverage@{k}": coverage(self.recommended, catalog_size),
-        }
+        } | (
+            {
+                f"ild@{k}": self.ild / self.ild_lists if self.ild_lists else 0.0,
+                f"genre_coverage@{k}": self.genres / self.genre_lists if self.genre_lists else 0.0,
+            }
+            if diversity
+            else {}
+        )
 
 
 def _empty_stats() -> dict[tuple[Split, Slice], SliceStats]:
@@ -323,6 +429,8 @@ class EvalResult:
     test_positions: list[int] = field(default_factory=list)
     test_hits: list[int] = field(default_factory=list)
     note: str = ""
+    # Whether lists were measured for intra-list diversity and genre coverage (ItemFeatures).
+    diversity_measured: bool = False
 
     def events_per_s(self, split: Split) -> float:
         """Events learned (and ranked, where ranked) per second of model time in ``split``."""
@@ -331,7 +439,9 @@ class EvalResult:
 
     def metrics(self, split: Split, slice_name: Slice = "all") -> dict[str, float]:
         """The metric averages of one (split, slice), keys such as ``"ndcg@10"``."""
-        return self.stats[(split, slice_name)].metrics(self.k, self.catalog_size)
+        return self.stats[(split, slice_name)].metrics(
+            self.k, self.catalog_size, self.diversity_measured
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (split, slice), in the ``metrics.json`` schema."""
@@ -372,6 +482,7 @@ def evaluate_stream(
     progress: bool = False,
     items: Sequence[Item] | None = None,
     cold_threshold: int = COLD_THRESHOLD,
+    features: ItemFeatures | None = None,
 ) -> EvalResult:
     """Replay ``events`` in order through ``model``, test-then-train, and score every list.
 
@@ -403,6 +514,9 @@ def evaluate_stream(
     cold_threshold
         A user is cold for their first ``cold_threshold`` events; an item while it has fewer
         than ``cold_threshold`` prior events (both counted from the start of ``events``).
+    features
+        Item vectors and genres: each scored list is also measured for intra-list diversity
+        (``ild@k``) and genre coverage (``genre_coverage@k``), outside the model's time.
 
     Raises
     ------
@@ -415,7 +529,9 @@ def evaluate_stream(
         model.set_catalog(items)
     n_tune = split_index(len(events), tune_fraction)
     cold_user, cold_item = cold_flags(events, cold_threshold)
-    result = EvalResult(model=model.name, k=k, catalog_size=catalog_size)
+    result = EvalResult(
+        model=model.name, k=k, catalog_size=catalog_size, diversity_measured=features is not None
+    )
     if rank_sample is not None:
         ranked_count = sum(1 for index in rank_sample if 0 <= index < len(events))
         result.note = f"ranked a seeded sample of {ranked_count} of {len(events)} events"
@@ -435,7 +551,9 @@ def evaluate_stream(
         result.processed[split] += 1
         if ranked is not None:
             _check_ranked(ranked, k, seen, model.name)
-            rank = _score(result, split, event, ranked, cold_user[index], cold_item[index])
+            rank = _score(
+                result, split, event, ranked, cold_user[index], cold_item[index], features
+            )
             if split == "test":
                 result.test_positions.append(index)
                 result.test_hits.append(0 if rank is None else 1)
@@ -450,8 +568,11 @@ def _score(
     ranked: Sequence[str],
     cold_user: bool,
     cold_item: bool,
+    features: ItemFeatures | None = None,
 ) -> int | None:
     rank = rank_of(event.item_id, ranked)
+    ild = features.diversity(ranked) if features is not None else None
+    genres = features.coverage(ranked) if features is not None else None
     slices: list[Slice] = ["all"]
     if cold_user:
         slices.append("cold_users")
@@ -460,7 +581,7 @@ def _score(
     if not (cold_user or cold_item):
         slices.append("warm")
     for name in slices:
-        result.stats[(split, name)].add(event.user_id, rank, ranked)
+        result.stats[(split, name)].add(event.user_id, rank, ranked, ild, genres)
     return rank
 
 
@@ -710,3 +831,87 @@ def write_outputs(
         _plot_moving_hr(results, plot_path, window)
         written.append(plot_path)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# The diversity sweep: NDCG against intra-list diversity, one point per MMR lambda
+# --------------------------------------------------------------------------------------------
+
+
+def tradeoff_rows(points: Sequence[tuple[float, EvalResult]]) -> list[dict[str, Any]]:
+    """One row per (lambda, model) of a sweep: the test split's accuracy and diversity.
+
+    Examples
+    --------
+    >>> tradeoff_rows([])
+    []
+    """
+    rows: list[dict[str, Any]] = []
+    for lam, result in points:
+        k = result.k
+        m = result.metrics("test")
+        rows.append(
+            {
+                "model": result.model,
+                "lambda": lam,
+                f"hr@{k}": m[f"hr@{k}"],
+                f"ndcg@{k}": m[f"ndcg@{k}"],
+                f"ild@{k}": m.get(f"ild@{k}", 0.0),
+                f"genre_coverage@{k}": m.get(f"genre_coverage@{k}", 0.0),
+                f"coverage@{k}": m[f"coverage@{k}"],
+                "events_per_s": result.events_per_s("test"),
+            }
+        )
+    return rows
+
+
+def write_tradeoff(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    k: int = 10,
+    command: str | None = None,
+    plot: bool = True,
+) -> list[Path]:
+    """Write a sweep's ``diversity.md`` (the table) and ``diversity_tradeoff.png`` (NDCG@k
+    against intra-list diversity, one line per model, one point per lambda)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = out / "diversity.md"
+    plot_path = out / "diversity_tradeoff.png"
+    parts = ["# Diversity sweep (MMR lambda)", ""]
+    if command:
+        parts += ["Command:", "", "```", command, "```", ""]
+    parts += [markdown_table(rows), ""]
+    if plot:
+        parts += [f"![NDCG@{k} against intra-list diversity]({plot_path.name})", ""]
+    table_path.write_text("\n".join(parts), encoding="utf-8")
+    written = [table_path]
+    if plot:
+        _plot_tradeoff(rows, plot_path, k)
+        written.append(plot_path)
+    return written
+
+
+def _plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path, k: int) -> None:
+    from matplotlib.backends.backend_agg import (  # type: ignore[import-not-found,unused-ignore]
+        FigureCanvasAgg,
+    )
+    from matplotlib.figure import Figure  # type: ignore[import-not-found,unused-ignore]
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for model in dict.fromkeys(str(row["model"]).split("+mmr")[0] for row in rows):
+        mine = [r for r in rows if str(r["model"]).split("+mmr")[0] == model]
+        xs = [float(r[f"ild@{k}"]) for r in mine]
+        ys = [float(r[f"ndcg@{k}"]) for r in mine]
+        axes.plot(xs, ys, marker="o", label=model)
+        for r, x, y in zip(mine, xs, ys, strict=True):
+            axes.annotate(f"λ={r['lambda']:g}", (x, y), textcoords="offset points", xytext=(4, 4))
+    axes.set_xlabel(f"intra-list diversity@{k} (mean pairwise 1 - content cosine)")
+    axes.set_ylabel(f"NDCG@{k} (test split)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -37,6 +37,8 @@ from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
+from learner.rerank import greedy_select
+from learner.rules import RuleIndex, Rules
 from learner.types import Event, Item, ScoredItem, Strategy, UserRecommendation
 from learner.user_state import EventWeights, UserSnapshot, UserStateStore, event_id_hash
 
@@ -109,6 +111,13 @@ class ModelConfig:
     # has this many items; below it, and with 0, every item is scored.
     ann_min_items: int = 50_000
     ann: AnnConfig = field(default_factory=AnnConfig)
+    # -- diversity and business rules (issue 7): applied when ranking for a list (recommend),
+    # never to training. MMR's lambda (0: plain relevance order, today's lists exactly).
+    diversity: float = 0.0
+    # Candidates ranked by relevance from which MMR and the per-value caps of ``rules`` pick
+    # the list; a user left short by the caps is re-ranked over the whole catalog.
+    rerank_pool: int = 500
+    rules: Rules = field(default_factory=Rules)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,11 @@ class Recommender:
         self._pending: list[tuple[Tensor, ...]] = []
         self._pending_pairs = 0
         self._x_cache: tuple[tuple[int, int], Tensor] | None = None
+        if not 0.0 <= self.config.diversity <= 1.0:
+            raise ValueError("diversity must lie in [0, 1]")
+        self.rules = (
+            RuleIndex(self.config.rules, device=self.device) if self.config.rules.active else None
+        )
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -182,6 +196,8 @@ class Recommender:
         vectors = self.encoder.encode([it.text for it in changed])
         rows = self.items.upsert([it.item_id for it in changed], vectors)
         self.head.ensure_capacity(self.items.capacity)
+        if self.rules is not None:
+            self.rules.update(rows.tolist(), changed)
         for it in changed:
             self._texts[it.item_id] = it.text
         return int(rows.numel())
@@ -476,10 +492,8 @@ class Recommender:
         with torch.no_grad():
             alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0)
             top: tuple[Tensor, Tensor] | None = None
-            if n and self._ann_enabled():
-                top = self._top_ann(rows, vectors, counts, alpha, k)
-            elif n:
-                top = self._top_exact(rows, vectors, counts, alpha, k)
+            if n:
+                top = self._ranked(rows, vectors, counts, alpha, k)
             because_all = self._because_many(rows, top[1]) if explain and top is not None else None
         # One conversion to Python lists for the whole batch, then plain loops.
         scores = top[0].tolist() if top is not None else [[] for _ in user_ids]
@@ -501,6 +515,69 @@ class Recommender:
             out.append(UserRecommendation(uid, items, strategy, version, event_ts))
         return out
 
+    def _ranked(
+        self,
+        rows: Sequence[int | None],
+        vectors: Tensor,
+        counts: Tensor,
+        alpha: Tensor,
+        k: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Each user's list ``(relevance scores, item rows)``: the top ``k`` by relevance, or,
+        with diversity or per-value caps, ``k`` picked greedily (``learner.rerank``) from the
+        top ``rerank_pool``. Rows the rules exclude never enter the pool. A user the caps left
+        short although the pool was full is re-ranked over the whole catalog (back-fill)."""
+        n = self.items.num_rows
+        rules = self.rules
+        allowed = rules.allowed(n) if rules is not None and rules.rules.has_exclusions else None
+        capped = rules is not None and rules.has_caps
+        rerank = self.config.diversity > 0 or capped
+        width = min(n, max(k, self.config.rerank_pool)) if rerank else k
+        top = self._top(rows, vectors, counts, alpha, width, allowed)
+        if not rerank:
+            return top
+        picked = self._rerank(*top, k)
+        short = (torch.isfinite(picked[0]).sum(dim=1) < k) & torch.isfinite(top[0][:, -1])
+        if width < n and bool(short.any()):
+            redo = torch.nonzero(short).squeeze(-1)
+            full = self._top_exact(
+                [rows[i] for i in redo.tolist()],
+                vectors[redo],
+                counts[redo],
+                alpha[redo],
+                n,
+                allowed,
+            )
+            again = self._rerank(*full, k)
+            picked[0][redo], picked[1][redo] = again
+        return picked
+
+    def _top(
+        self,
+        rows: Sequence[int | None],
+        vectors: Tensor,
+        counts: Tensor,
+        alpha: Tensor,
+        k: int,
+        allowed: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        if self._ann_enabled():
+            return self._top_ann(rows, vectors, counts, alpha, k, allowed)
+        return self._top_exact(rows, vectors, counts, alpha, k, allowed)
+
+    def _rerank(self, scores: Tensor, item_rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """MMR over the content vectors and the rules' caps, on each user's pool."""
+        capped = self.rules is not None and self.rules.has_caps
+        return greedy_select(
+            scores,
+            item_rows,
+            k,
+            diversity=self.config.diversity,
+            vectors=self.items.embeddings,
+            codes=self.rules.codes if capped and self.rules is not None else None,
+            caps=self.rules.caps if capped and self.rules is not None else None,
+        )
+
     def _ann_enabled(self) -> bool:
         """Whether the live catalog is large enough to rank from ANN candidates. An index built
         earlier is kept below the threshold: it catches up on its next use."""
@@ -521,11 +598,14 @@ class Recommender:
         counts: Tensor,
         alpha: Tensor,
         k: int,
+        allowed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Top-``k`` ``(scores, item rows)`` over the whole catalog, ``-inf`` where a user has
-        fewer eligible items. Users go in chunks of at most ``_SCORE_ELEMENTS`` scores."""
+        fewer eligible items. Users go in chunks of at most ``_SCORE_ELEMENTS`` scores.
+        ``allowed`` (rows the business rules let through) only masks: scores are unchanged."""
         n = self.items.num_rows
         live = self.items.active[:n]
+        rankable = live if allowed is None else live & allowed
         trend = _minmax(self.trending.scores(n), live) if bool((alpha < 1).any()) else None
         step = max(1, _SCORE_ELEMENTS // n)
         values, indices = [], []
@@ -537,7 +617,7 @@ class Recommender:
             if trend is not None and mixing.numel():
                 w = alpha[a:b][mixing].unsqueeze(-1)
                 scores[mixing] = w * _minmax_rows(scores[mixing], live) + (1 - w) * trend
-            scores = scores.masked_fill(~live.unsqueeze(0), float("-inf"))
+            scores = scores.masked_fill(~rankable.unsqueeze(0), float("-inf"))
             who, what = self.users.exclusions(part)
             scores[who, what] = float("-inf")
             top = torch.topk(scores, k=min(k, n), dim=-1)
@@ -552,6 +632,7 @@ class Recommender:
         counts: Tensor,
         alpha: Tensor,
         k: int,
+        allowed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Top-``k`` like :meth:`_top_exact`, scoring only candidates: each user's best rows by
         the bilinear score plus bias from the ANN index, and the best rows by each additive
@@ -570,9 +651,11 @@ class Recommender:
         if self.config.trend_signal:
             signals.append(self._trend_signal(n))
         if self.head.n_signals != len(signals):
-            return self._top_exact(rows, vectors, counts, alpha, k)
+            return self._top_exact(rows, vectors, counts, alpha, k, allowed)
         index = self._ann_index()
-        live = self.items.active[:n]
+        # Rows the rules exclude count as not live here: the index may still propose them,
+        # and a user left with too few usable candidates is scored exactly.
+        live = self.items.active[:n] if allowed is None else self.items.active[:n] & allowed
         trend = _minmax(self.trending.scores(n), live) if bool((alpha < 1).any()) else None
         who, _ = self.users.exclusions(rows)
         n_excl = torch.bincount(who.cpu(), minlength=len(rows))
@@ -602,6 +685,7 @@ class Recommender:
                 signals,
                 tops,
                 trend,
+                live,
             )
             values[sel, : vals.shape[1]] = vals
             indices[sel, : idxs.shape[1]] = idxs
@@ -609,7 +693,12 @@ class Recommender:
         redo = torch.cat(exact)
         if redo.numel():
             vals, idxs = self._top_exact(
-                [rows[i] for i in redo.tolist()], vectors[redo], counts[redo], alpha[redo], k
+                [rows[i] for i in redo.tolist()],
+                vectors[redo],
+                counts[redo],
+                alpha[redo],
+                k,
+                allowed,
             )
             values[redo], indices[redo] = vals, idxs
         return values, indices
@@ -625,11 +714,11 @@ class Recommender:
         signals: list[Tensor | None],
         tops: list[Tensor],
         trend: Tensor | None,
+        live: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One chunk of :meth:`_top_ann`: ``(scores, item rows, enough candidates?)``."""
         n, dev, u = self.items.num_rows, self.device, len(rows)
         extra = self.config.ann.candidates
-        live = self.items.active[:n]
         base = torch.arange(u, device=dev).unsqueeze(-1) * n  # key = position * n + item row
         who, what = self.users.exclusions(rows)
         excluded = torch.unique(who * n + what)

@@ -120,8 +120,9 @@ def _freshrec_config(params: Mapping[str, Any], base: ModelConfig, seed: int) ->
     return replace(base, head=head, **rest)
 
 
-def model_specs(encoder: Encoder, *, seed: int = 0) -> dict[str, ModelSpec]:
-    """The models of ``MODEL_NAMES`` with their grids (the same budget rules for all)."""
+def model_specs(encoder: Encoder, *, seed: int = 0, diversity: float = 0.0) -> dict[str, ModelSpec]:
+    """The models of ``MODEL_NAMES`` with their grids (the same budget rules for all);
+    freshrec's models rank with MMR lambda ``diversity`` (``ModelConfig.diversity``)."""
     # Evaluation learns one event at a time; the head steps on 32 pending pairs at a time.
     # 2048 neighbours keep ml-100k's co-occurrence exact (1682 items).
     # On ml-100k, content similarity ranks badly on its own and per-item bias updates from
@@ -133,6 +134,7 @@ def model_specs(encoder: Encoder, *, seed: int = 0) -> dict[str, ModelSpec]:
         cooc_neighbours=2048,
         bilinear_init=0.0,
         head=HeadConfig(seed=seed, item_lr=0.0),
+        diversity=diversity,
     )
     random_encoder = RandomEncoder(encoder.dim, seed=seed, device=encoder.device)
     freshrec_grid: dict[str, Sequence[Any]] = {

@@ -107,7 +107,7 @@ def test_values_from_the_file_are_validated_like_any_other(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "text, message",
-    [("top_k = ", "not valid TOML"), ("[rules]\nx = 1\n", r"unknown section \[rules\]")],
+    [("top_k = ", "not valid TOML"), ("[logging]\nx = 1\n", r"unknown section \[logging\]")],
 )
 def test_unreadable_files_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "broken.toml"

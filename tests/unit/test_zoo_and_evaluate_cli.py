@@ -82,10 +82,31 @@ def test_freshrec_evaluate_on_a_slice_of_ml100k_writes_table_json_and_plot(
     assert {r["model"] for r in rows} == {"popularity", "itemknn_recent", "freshrec"}
     assert {r["split"] for r in rows} == {"tune", "test"}
     assert {r["slice"] for r in rows} == {"all", "cold_users", "cold_items", "warm"}
-    assert all(set(r) == ROW_KEYS for r in rows)
+    assert all(set(r) == ROW_KEYS | {"ild@10", "genre_coverage@10"} for r in rows)
     test_all = [r for r in rows if r["split"] == "test" and r["slice"] == "all"]
     assert all(r["events"] == 1200 for r in test_all)
     assert all(0.0 <= r["hr@10"] <= 1.0 and r["ndcg@10"] <= r["hr@10"] for r in test_all)
     assert (out / "hr_moving.png").stat().st_size > 1000
     assert "| freshrec |" in (out / "results.md").read_text()
     assert "| freshrec | test | all |" in capsys.readouterr().out
+
+
+def test_freshrec_evaluate_sweeps_diversity_and_writes_the_tradeoff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    argv = ["evaluate", "--dataset", "ml-100k", "--events", "1500", "--no-tune", "--no-progress"]
+    argv += ["--models", "freshrec", "--diversity", "0", "0.6", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    test_all = {r["model"]: r for r in rows if r["split"] == "test" and r["slice"] == "all"}
+    assert set(test_all) == {"freshrec", "freshrec+mmr0.6"}
+    plain, diverse = test_all["freshrec"], test_all["freshrec+mmr0.6"]
+    # MMR trades relevance for lists whose items differ more in content and cover more genres.
+    assert diverse["ild@10"] > plain["ild@10"]
+    assert diverse["genre_coverage@10"] > plain["genre_coverage@10"]
+    assert 0.0 < plain["genre_coverage@10"] <= 1.0
+    table = (out / "diversity.md").read_text()
+    assert "| freshrec+mmr0.6 | 0.6000 |" in table and "| freshrec | 0.0000 |" in table
+    assert (out / "diversity_tradeoff.png").stat().st_size > 1000
+    assert "diversity.md" in capsys.readouterr().out
