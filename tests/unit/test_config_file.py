@@ -14,8 +14,9 @@ import pytest
 
 from consumer.cli import main
 from consumer.config import WorkerConfig, add_arguments, config_from_args, resolve_config
-from consumer.config_file import read_config_file
+from consumer.config_file import read_config_file, read_rules, rules_to_toml
 from consumer.exceptions import ConfigError
+from learner.rules import Rules
 
 
 def build(
@@ -177,3 +178,107 @@ def test_commands_without_an_action_show_their_usage(capsys: pytest.CaptureFixtu
             main([command])
         assert info.value.code == 2
         assert "ACTION" in capsys.readouterr().err
+
+
+# -- the [rules] table ----------------------------------------------------------------------
+
+RULES_TOML = """top_k = 12
+
+[rules]
+exclude_items = ["1373", "1374"]
+
+[rules.exclude_values]
+genres = ["Horror", "Film-Noir"]
+year = [1995]
+
+[rules.max_per_value]
+genres = 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_rules_table_becomes_a_rules_value_beside_the_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, RULES_TOML)
+    assert read_rules(path) == Rules(
+        ["1373", "1374"], {"genres": ["Horror", "Film-Noir"], "year": [1995]}, {"genres": 3}
+    )
+    assert read_config_file(path, WorkerConfig) == {"top_k": 12}
+
+
+def test_no_file_or_no_table_means_no_rules(tmp_path: Path) -> None:
+    assert read_rules(None) == Rules() and not read_rules(None).active
+    assert read_rules(write(tmp_path, "top_k = 3\n")) == Rules()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[rules]\nexclude_item = ["a"]\n',
+            r"rules\.exclude_item: unknown rule \(did you mean 'exclude_items'\?\)",
+        ),
+        ('[rules]\nexclude_items = "a"\n', r"rules\.exclude_items must be a list of item ids"),
+        ('[rules]\nexclude_items = [""]\n', r"rules\.exclude_items must be a list"),
+        ('[rules]\nexclude_values = ["Horror"]\n', r"rules\.exclude_values must be a table"),
+        (
+            '[rules.exclude_values]\ngenres = "Horror"\n',
+            r"rules\.exclude_values\.genres must be a list",
+        ),
+        (
+            "[rules.exclude_values]\ngenres = [true]\n",
+            r"rules\.exclude_values\.genres must be a list",
+        ),
+        (
+            "[rules.max_per_value]\ngenres = 0\n",
+            r"rules\.max_per_value\.genres must be an integer of at least 1",
+        ),
+        (
+            "[rules.max_per_value]\ngenres = 2.5\n",
+            r"rules\.max_per_value\.genres must be an integer",
+        ),
+        ('rules = "none"\n', r"rules must be a table"),
+    ],
+)
+def test_bad_rules_are_errors_naming_the_file_and_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        read_rules(path)
+    assert str(path) in str(info.value)
+    # Every command reads the settings of the same file, and refuses it too.
+    with pytest.raises(ConfigError, match=message):
+        read_config_file(path, WorkerConfig)
+
+
+def test_rules_print_as_toml_that_reads_back_to_the_same_rules(tmp_path: Path) -> None:
+    rules = read_rules(write(tmp_path, RULES_TOML))
+    again = tmp_path / "again.toml"
+    again.write_text(rules_to_toml(rules), encoding="utf-8")
+    assert read_rules(again) == rules
+    assert rules_to_toml(Rules()) == ""
+
+
+def test_config_show_prints_the_rules_table_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, RULES_TOML)
+    out = run_show(["--config", str(path)], capsys)
+    assert "[rules]" in out and 'genres = ["Film-Noir", "Horror"]' in out
+    shown = tmp_path / "shown.toml"
+    shown.write_text(out, encoding="utf-8")
+    assert read_rules(shown) == read_rules(path)
+    assert config_from_args(argparse.Namespace(config=str(shown)), {}).top_k == 12
+    as_json = json.loads(run_show(["--config", str(path), "--format", "json"], capsys))
+    assert as_json["rules"]["max_per_value"] == {"genres": 3}
+
+
+def test_diversity_must_lie_between_zero_and_one() -> None:
+    assert build(["--diversity", "0.3"])[0].diversity == 0.3
+    with pytest.raises(ConfigError, match=r"diversity \(from --diversity\) must lie in \[0, 1\]"):
+        build(["--diversity", "1.5"])
