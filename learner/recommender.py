@@ -573,7 +573,7 @@ class Recommender:
             item_rows,
             k,
             diversity=self.config.diversity,
-            vectors=self.items.embeddings,
+            vectors=self.items.embeddings[: self.items.num_rows],
             codes=self.rules.codes if capped and self.rules is not None else None,
             caps=self.rules.caps if capped and self.rules is not None else None,
         )

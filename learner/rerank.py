@@ -35,6 +35,8 @@ __all__ = ["greedy_select"]
 
 # Users per chunk: the pool's content vectors (users x pool x dim floats) are gathered at once.
 _GATHER_ELEMENTS = 1 << 24
+# Catalogs up to this many times the pool are compared with every item at each step.
+_DENSE_RATIO = 4
 
 
 def greedy_select(
@@ -60,8 +62,8 @@ def greedy_select(
     diversity
         MMR's lambda in [0, 1]; 0 is plain relevance order.
     vectors
-        ``(items, d)`` content vectors (needed when ``diversity > 0``); cosine is taken on
-        their normalised rows.
+        ``(items, d)`` content vectors of unit length (the encoder's output), needed when
+        ``diversity > 0``: their dot product is the cosine.
     codes, caps
         ``(items, M)`` capped value codes per row (``-1`` padding) and ``(V,)`` each code's
         cap: a candidate is eligible while each of its codes was taken fewer times than its cap.
@@ -74,7 +76,10 @@ def greedy_select(
     b, p = scores.shape
     if diversity > 0 and vectors is None:
         raise ValueError("diversity needs the items' vectors")
-    d = vectors.shape[1] if vectors is not None and diversity > 0 else 1
+    # A small catalog: each step's similarities to every item are one matrix product, cheaper
+    # than gathering each user's pool vectors (a memory-bound batch of matrix-vector products).
+    dense = vectors is not None and vectors.shape[0] <= _DENSE_RATIO * p
+    d = vectors.shape[1] if vectors is not None and diversity > 0 and not dense else 1
     step = max(1, _GATHER_ELEMENTS // max(1, p * d))
     parts = [
         _select_chunk(scores[a : a + step], rows[a : a + step], k, diversity, vectors, codes, caps)
@@ -104,9 +109,11 @@ def _select_chunk(
     objective = (1.0 - diversity) * relevance
     x: Tensor | None = None
     max_sim = torch.zeros((b, p), device=dev)
+    dense = False
     if diversity > 0:
         assert vectors is not None
-        x = torch.nn.functional.normalize(vectors[safe].float(), dim=-1)  # (B, P, d)
+        dense = vectors.shape[0] <= _DENSE_RATIO * p
+        x = vectors if dense else vectors[safe]  # (items, d) or (B, P, d)
         max_sim = torch.full((b, p), -1.0, device=dev)  # nothing taken yet: no penalty
     capped = codes is not None and caps is not None and caps.numel() > 0
     if capped:
@@ -135,7 +142,10 @@ def _select_chunk(
         out_scores[:, t] = torch.where(ok, scores[arange, best], float("-inf"))
         out_rows[:, t] = torch.where(ok, rows[arange, best], -1)
         open_[arange, best] = open_[arange, best] & ~ok
-        if x is not None:
+        if x is not None and dense:
+            chosen = x[rows[arange, best].clamp(min=0)]  # (B, d)
+            max_sim = torch.maximum(max_sim, (chosen @ x.T).gather(1, safe))
+        elif x is not None:
             sim = torch.bmm(x, x[arange, best].unsqueeze(-1)).squeeze(-1)
             max_sim = torch.maximum(max_sim, sim)
         if capped:

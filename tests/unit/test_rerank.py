@@ -104,3 +104,15 @@ def test_lambda_outside_zero_one_is_refused() -> None:
     scores, rows, vectors = pool()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         greedy_select(scores, rows, 3, diversity=1.5, vectors=vectors)
+
+
+def test_small_and_large_catalogs_pick_the_same_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small catalogs compare each pick with every item; large ones gather each user's pool.
+    import learner.rerank as rerank
+
+    scores, rows, vectors = pool(users=7, size=30)
+    picks = []
+    for ratio in (0, 100):
+        monkeypatch.setattr(rerank, "_DENSE_RATIO", ratio)
+        picks.append(greedy_select(scores, rows, 10, diversity=0.5, vectors=vectors)[1])
+    assert torch.equal(picks[0], picks[1])
