@@ -137,6 +137,11 @@ class Rules:
             out["max_per_value"] = dict(sorted(self.max_per_value.items()))
         return out
 
+    def __reduce__(self) -> tuple[type[Rules], tuple[object, ...]]:
+        # Pickle and deepcopy rebuild from plain data (a mappingproxy cannot be pickled).
+        values = {k: sorted(v) for k, v in self.exclude_values.items()}
+        return (Rules, (sorted(self.exclude_items), values, dict(self.max_per_value)))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rules) and self.as_dict() == other.as_dict()
 

@@ -3,6 +3,8 @@ them to lists, and of the worker publishing those lists."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +71,11 @@ def test_rules_are_frozen_and_compare_by_content() -> None:
     with pytest.raises(AttributeError):
         a.exclude_items = frozenset()  # type: ignore[misc]
     assert not Rules().active and a.active
+
+
+def test_rules_survive_pickling_and_deep_copies() -> None:
+    rules = Rules(["x"], {"genres": ["Horror"]}, {"genres": 3})
+    assert pickle.loads(pickle.dumps(rules)) == rules == copy.deepcopy(rules)
 
 
 def test_a_cap_below_one_is_refused() -> None:
