@@ -114,6 +114,8 @@ def _select_chunk(
         assert vectors is not None
         dense = vectors.shape[0] <= _DENSE_RATIO * p
         x = vectors if dense else vectors[safe]  # (items, d) or (B, P, d)
+        # (d, items) laid out for the product: a transposed view made each product 5x slower.
+        xt = x.T.contiguous() if dense else x
         max_sim = torch.full((b, p), -1.0, device=dev)  # nothing taken yet: no penalty
     capped = codes is not None and caps is not None and caps.numel() > 0
     if capped:
@@ -144,7 +146,7 @@ def _select_chunk(
         open_[arange, best] = open_[arange, best] & ~ok
         if x is not None and dense:
             chosen = x[rows[arange, best].clamp(min=0)]  # (B, d)
-            max_sim = torch.maximum(max_sim, (chosen @ x.T).gather(1, safe))
+            max_sim = torch.maximum(max_sim, (chosen @ xt).gather(1, safe))
         elif x is not None:
             sim = torch.bmm(x, x[arange, best].unsqueeze(-1)).squeeze(-1)
             max_sim = torch.maximum(max_sim, sim)
