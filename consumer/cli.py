@@ -98,6 +98,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         port=config.metrics_port,
         is_alive=lambda: time.monotonic() - _last_step(holder) < 60,
         is_ready=lambda: bool(getattr(holder.get("worker"), "ready", False)),
+        explain=(lambda user, item, top: _explain(holder, user, item, top))
+        if config.explain_endpoint
+        else None,
     )
     server.start()
     log.info("metrics on %s (also /healthz, /readyz)", server.url)
@@ -134,6 +137,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         extra={"event": "stop", "batches": kw.worker.batches, "published": t.published},
     )
     return 0
+
+
+def _explain(holder: dict[str, object], user: str, item: str, top: int) -> dict[str, object]:
+    """The /explain answer: the worker's explanation as plain data."""
+    from consumer.worker import Worker
+
+    worker = holder.get("worker")
+    if not isinstance(worker, Worker) or not worker.ready:
+        raise ValueError("the worker is not ready yet")
+    return worker.explain(user, item, top).to_dict()
 
 
 def _last_step(holder: dict[str, object]) -> float:
@@ -234,6 +247,35 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.once and not printed:
         print(f"user {args.user} has no recommendations yet", file=sys.stderr)
         return 1
+    return 0
+
+
+# -- explain -------------------------------------------------------------------------------
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from consumer.explain_client import fetch_explanation, format_explanation, owner_url
+    from consumer.security import check_kafka_login, kafka_security_settings
+    from consumer.watch import catalog_titles
+
+    config = _configured(args)
+    settings = kafka_security_settings(config)
+    if args.worker:
+        url = args.worker
+    else:
+        check_kafka_login(config, config.bootstrap_servers)
+        url = owner_url(config, args.user, settings)
+    answer = fetch_explanation(url, args.user, args.item, args.top)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    titles = (
+        {} if args.ids else catalog_titles(config.bootstrap_servers, config.items_topic, settings)
+    )
+    print(format_explanation(answer, titles))
+    print(f"\n(asked {url})")
     return 0
 
 
@@ -379,6 +421,27 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="one JSON message per line")
     inspect.add_argument("--ids", action="store_true", help="item ids, not catalog titles")
     inspect.set_defaults(func=_cmd_inspect)
+
+    explain = sub.add_parser(
+        "explain",
+        help="why an item scores what it does for a user",
+        description="Ask the worker that holds the user (found through the consumer group; "
+        "it must run with --explain-endpoint) to take the item's score apart: content "
+        "similarity, the item's learned offset and bias, co-occurrence, trending, the "
+        "popularity blend of users with few events, and the history items that contribute "
+        "most (the first is the list's 'because'). Also --metrics-port and --group-id as the "
+        "workers have them.",
+    )
+    explain.add_argument("--user", required=True, help="the user id")
+    explain.add_argument("--item", required=True, help="the item id")
+    explain.add_argument("--top", type=int, default=5, help="history items to show")
+    explain.add_argument(
+        "--worker", default="", help="base URL of the worker to ask (default: find the owner)"
+    )
+    explain.add_argument("--json", action="store_true", help="the answer as JSON")
+    explain.add_argument("--ids", action="store_true", help="item ids, not catalog titles")
+    add_arguments(explain, only=(*KAFKA_SETTINGS, "group_id", "metrics_port"))
+    explain.set_defaults(func=_cmd_explain)
 
     replay = sub.add_parser(
         "replay",

@@ -247,6 +247,11 @@ class WorkerConfig:
         "address of the /metrics, /healthz, /readyz server (127.0.0.1: this machine only)",
     )
     metrics_port: int = _setting(9108, "port of the metrics server (0: pick a free one)")
+    explain_endpoint: bool = _setting(
+        False,
+        "also serve /explain?user=U&item=I on the metrics port (what `freshrec explain` asks): "
+        "it shows a user's recent items to whoever reaches that port, so it is off by default",
+    )
     log_level: str = _setting(
         "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )

@@ -23,6 +23,7 @@ from consumer.model_sync import ModelSync
 from consumer.residency import Residency
 from consumer.source import Record, Source, TopicPartitionKey
 from consumer.transactions import Committer, SourceCommitter, TransactionAborted
+from learner.explain import Explanation, explain
 from learner.online_metrics import HitRateTracker
 from learner.recommender import Recommender
 from learner.types import Event, Item, ItemDeletion, UserRecommendation
@@ -149,6 +150,9 @@ class Worker:
             else HitRateTracker()
         )
         self._stop = threading.Event()
+        # Held while a batch is handled: readers from other threads (the /explain endpoint)
+        # see the model between batches, never halfway through one.
+        self.model_lock = threading.Lock()
         self.ready = False
         self.last_step_monotonic = time.monotonic()
         self.batches = 0
@@ -241,9 +245,20 @@ class Worker:
                 break
             if until is not None and until():
                 break
-            if self.step().consumed:
+            with self.model_lock:
+                report = self.step()
+            if report.consumed:
                 done += 1
         return done
+
+    def explain(self, user_id: str, item_id: str, top: int = 5) -> Explanation:
+        """The score of ``item_id`` for ``user_id`` taken apart (``learner.explain``), on the
+        model as it is between batches; safe to call from another thread. A user waiting in
+        the local store is loaded first, as their next event would."""
+        with self.model_lock:
+            if self.residency is not None and user_id not in self.recommender.users:
+                self.metrics.users_loaded.inc(self.residency.admit({user_id: -1}))
+            return explain(self.recommender, user_id, item_id, top)
 
     # -- one micro-batch -----------------------------------------------------------------
 
