@@ -32,7 +32,14 @@ from torch import Tensor
 
 from learner.types import AttributeValue
 
-__all__ = ["AGE_BUCKETS", "ProfileTable", "age_bucket", "profile_text", "zip_region"]
+__all__ = [
+    "AGE_BUCKETS",
+    "ProfileTable",
+    "age_bucket",
+    "profile_share",
+    "profile_text",
+    "zip_region",
+]
 
 # (lowest age of the bucket, its label); the last bucket is open-ended.
 AGE_BUCKETS: tuple[tuple[int, str], ...] = (
@@ -60,6 +67,22 @@ _ZIP_REGIONS: dict[str, str] = {
 }
 _GENDERS = {"m": "male", "f": "female"}
 _KNOWN = ("age", "gender", "occupation", "zip", "zip_code")
+
+
+def profile_share(events: Tensor, weight: float) -> Tensor:
+    """The profile's share ``b`` of a user's starting representation after ``events`` events:
+    ``b = weight / (weight + events)``. The profile counts as ``weight`` events: it is the
+    whole representation before the first event, half of it after ``weight`` events, and it
+    fades as ``1 / n`` after that (0 everywhere when ``weight`` is 0).
+
+    Examples
+    --------
+    >>> profile_share(torch.tensor([0, 1, 3, 9]), weight=1.0).tolist()
+    [1.0, 0.5, 0.25, 0.10000000149011612]
+    """
+    if weight <= 0:
+        return torch.zeros(events.shape, dtype=torch.float32, device=events.device)
+    return weight / (weight + events.to(torch.float32))
 
 
 def age_bucket(age: float) -> str:

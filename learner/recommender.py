@@ -37,7 +37,7 @@ from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
-from learner.profiles import ProfileTable, profile_text
+from learner.profiles import ProfileTable, profile_share, profile_text
 from learner.types import Event, Item, ScoredItem, Strategy, UserProfile, UserRecommendation
 from learner.user_state import EventWeights, UserSnapshot, UserStateStore, event_id_hash
 
@@ -235,7 +235,7 @@ class Recommender:
         p, found = self.profiles.lookup(user_ids)
         if not bool(found.any()):
             return vectors, found
-        b = (m / (m + counts.to(torch.float32))).unsqueeze(-1)
+        b = profile_share(counts, m).unsqueeze(-1)
         h = torch.nn.functional.normalize(vectors, dim=-1)
         blended = (1 - b) * h + b * p
         return torch.where(found.unsqueeze(-1), blended, vectors), found
