@@ -61,6 +61,7 @@ def build_recommender(config: WorkerConfig) -> Recommender:
         dedup_window=config.dedup_window,
         min_events=config.min_events,
         ann_min_items=config.ann_min_items,
+        profile_weight=config.profile_weight if config.profiles else 0.0,
         head=HeadConfig(
             rank=config.head_rank,
             lr=config.head_lr,
@@ -121,6 +122,7 @@ class KafkaWorker:
     producer: Any
     state_log: KafkaStateLog | None = None
     residency: Residency | None = None
+    user_feed: ItemFeed | None = None
 
     def close(self) -> None:
         sync = self.worker.model_sync
@@ -133,6 +135,8 @@ class KafkaWorker:
                 sync.close()
             self.source.close()
             self.item_feed.close()
+            if self.user_feed is not None:
+                self.user_feed.close()
             if self.state_log is not None:
                 self.state_log.close()
             if self.residency is not None:
@@ -221,6 +225,12 @@ def build_worker(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
     item_feed = ItemFeed(_consumer(config, group_id=None, **isolation), config.items_topic)
+    # Profiles are global like the catalog: every worker reads the whole users topic.
+    user_feed = (
+        ItemFeed(_consumer(config, group_id=None, **isolation), config.users_topic)
+        if config.profiles
+        else None
+    )
     state_log = None
     if config.state_changelog:
         state_log = KafkaStateLog(
@@ -282,6 +292,7 @@ def build_worker(
         ),
         metrics=metrics,
         items=item_feed,
+        profiles=user_feed,
         batch_size=config.batch_size,
         poll_timeout_ms=config.poll_timeout_ms,
         top_k=config.top_k,
@@ -294,7 +305,7 @@ def build_worker(
         residency=residency,
         model_sync=model_sync,
     )
-    return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency)
+    return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency, user_feed)
 
 
 def _check_partitions(consumer: Any, config: WorkerConfig) -> None:

@@ -297,6 +297,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         limit=args.limit,
         items_only=args.items_only,
         events_only=args.events_only,
+        users_only=args.users_only,
         synthetic_items=args.synthetic_items,
         synthetic_events=args.synthetic_events,
         seed=args.seed,
@@ -446,15 +447,22 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay",
         parents=[common],
-        help="publish a dataset's items, then its events in time order",
-        description="Publish the items of a dataset to the items topic, then its events to the "
-        "events topic in timestamp order, as fast as possible or at --rate events/s.",
+        help="publish a dataset's items and user profiles, then its events in time order",
+        description="Publish the items of a dataset to the items topic and its user profiles "
+        "(ml-100k's demographics) to the users topic, then its events to the events topic in "
+        "timestamp order, as fast as possible or at --rate events/s.",
     )
     replay.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
     replay.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
     replay.add_argument("--limit", type=int, default=0, help="publish at most this many events")
-    replay.add_argument("--items-only", action="store_true", help="publish the catalog only")
-    replay.add_argument("--events-only", action="store_true", help="skip the catalog")
+    only = replay.add_mutually_exclusive_group()
+    only.add_argument(
+        "--items-only",
+        action="store_true",
+        help="publish the catalog only: the items and the user profiles (ml-100k's demographics)",
+    )
+    only.add_argument("--users-only", action="store_true", help="publish the user profiles only")
+    only.add_argument("--events-only", action="store_true", help="skip the catalog and profiles")
     replay.add_argument("--synthetic-items", type=int, default=10_000)
     replay.add_argument("--synthetic-events", type=int, default=200_000)
     replay.add_argument("--seed", type=int, default=0)

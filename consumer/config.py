@@ -262,6 +262,19 @@ class WorkerConfig:
         choices=("auto", "json", "text"),
     )
 
+    # -- profiles: user profiles as a cold user's starting representation (issue 7) -----------
+    profiles: bool = _setting(
+        True,
+        "read user profiles from the compacted users topic (all of it at start, then every "
+        "change) and start each user with no events from their profile's text embedding",
+    )
+    profile_weight: float = _setting(
+        1.0,
+        "a profile counts as this many events: a user with n events is ranked by "
+        "(1 - b) * their events' vector + b * their profile's, b = w / (w + n) (0: ignore "
+        "profiles)",
+    )
+
     # -- security: how every Kafka client authenticates and encrypts (issue 5) ------------------
     # consumer/security.py turns these into kafka-python's keyword arguments.
     security_protocol: str = _setting(
@@ -299,6 +312,10 @@ class WorkerConfig:
     @property
     def items_topic(self) -> str:
         return f"{self.topic_prefix}items"
+
+    @property
+    def users_topic(self) -> str:
+        return f"{self.topic_prefix}users"
 
     @property
     def recommendations_topic(self) -> str:

@@ -46,7 +46,7 @@ def run_evaluation(
     torch_threads: int = 1,
 ) -> list[EvalResult]:
     """Tune (unless told not to), evaluate and write ``metrics.json``, ``results.md``, the plot."""
-    from consumer.replay import load_dataset
+    from consumer.replay import load_dataset, load_profiles
 
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
@@ -54,6 +54,7 @@ def run_evaluation(
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     items, events = load_dataset(dataset)
+    profiles = load_profiles(dataset)
     if events_limit:
         events = events[:events_limit]
     encoder = CachedEncoder(TextEncoder(device=device))
@@ -77,6 +78,7 @@ def run_evaluation(
                 seed=seed,
                 items=items,
                 progress=progress,
+                profiles=profiles,
             )
             tuning[name] = TuningRecord(spec.grid, params, f"ndcg@{k}", tuple(trials))
             log.info("%s: chose %s in %.0fs", name, params, time.perf_counter() - t0)
@@ -91,6 +93,7 @@ def run_evaluation(
             rank_sample=sample,
             items=items,
             progress=progress,
+            profiles=profiles,
         )
         results.append(result)
         test = result.metrics("test")

@@ -40,8 +40,8 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from learner.exceptions import FreshrecError
-from learner.stream_model import CatalogAware, StreamModel
-from learner.types import Event, Item
+from learner.stream_model import CatalogAware, ProfileAware, StreamModel
+from learner.types import Event, Item, UserProfile
 
 __all__ = [
     "COLD_THRESHOLD",
@@ -372,6 +372,7 @@ def evaluate_stream(
     progress: bool = False,
     items: Sequence[Item] | None = None,
     cold_threshold: int = COLD_THRESHOLD,
+    profiles: Sequence[UserProfile] | None = None,
 ) -> EvalResult:
     """Replay ``events`` in order through ``model``, test-then-train, and score every list.
 
@@ -403,6 +404,9 @@ def evaluate_stream(
     cold_threshold
         A user is cold for their first ``cold_threshold`` events; an item while it has fewer
         than ``cold_threshold`` prior events (both counted from the start of ``events``).
+    profiles
+        Users' profiles; handed to ``model.set_profiles`` first when the model is
+        :class:`~learner.stream_model.ProfileAware` (after the catalog).
 
     Raises
     ------
@@ -413,6 +417,8 @@ def evaluate_stream(
         raise ValueError("k must be positive")
     if items is not None and isinstance(model, CatalogAware):
         model.set_catalog(items)
+    if profiles is not None and isinstance(model, ProfileAware):
+        model.set_profiles(profiles)
     n_tune = split_index(len(events), tune_fraction)
     cold_user, cold_item = cold_flags(events, cold_threshold)
     result = EvalResult(model=model.name, k=k, catalog_size=catalog_size)
@@ -488,6 +494,7 @@ def tune(
     seed: int = 0,
     items: Sequence[Item] | None = None,
     progress: bool = False,
+    profiles: Sequence[UserProfile] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pick hyperparameters on the tune split (``events[:tune_fraction]``) only.
 
@@ -543,6 +550,7 @@ def tune(
             rank_sample=sample,
             progress=progress,
             items=items,
+            profiles=profiles,
         )
         scores = result.metrics("test", "all")
         if chosen_metric not in scores:
