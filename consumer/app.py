@@ -144,6 +144,24 @@ class KafkaWorker:
             self.producer.close(timeout=10)
 
 
+def _profile_feed(config: WorkerConfig, isolation: dict[str, Any]) -> ItemFeed | None:
+    """The users topic, read whole by every worker (profiles are global, like the catalog);
+    None when profiles are off, or when the topic does not exist: a cluster whose topics were
+    created before profiles existed keeps working, without them, and says so."""
+    if not config.profiles:
+        return None
+    consumer = _consumer(config, group_id=None, **isolation)
+    if config.users_topic not in consumer.topics():
+        consumer.close()
+        log.warning(
+            "topic %s does not exist: no user profiles (create it with `freshrec topics "
+            "create`, or pass --profiles false to say so)",
+            config.users_topic,
+        )
+        return None
+    return ItemFeed(consumer, config.users_topic)
+
+
 def build_worker(
     config: WorkerConfig,
     *,
@@ -225,12 +243,7 @@ def build_worker(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
     item_feed = ItemFeed(_consumer(config, group_id=None, **isolation), config.items_topic)
-    # Profiles are global like the catalog: every worker reads the whole users topic.
-    user_feed = (
-        ItemFeed(_consumer(config, group_id=None, **isolation), config.users_topic)
-        if config.profiles
-        else None
-    )
+    user_feed = _profile_feed(config, isolation)
     state_log = None
     if config.state_changelog:
         state_log = KafkaStateLog(

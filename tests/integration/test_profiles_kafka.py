@@ -9,10 +9,13 @@ from dataclasses import replace
 
 import msgpack
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
 from consumer.app import KafkaWorker
 from consumer.codec import decode_user, encode_event, encode_item, encode_user
+from consumer.config import WorkerConfig
+from consumer.topics import topic_specs
 from learner.types import Event, Item, UserProfile
 from serving.codec import decode_recommendation
 from tests.integration.helpers import read_all, read_topic
@@ -91,3 +94,26 @@ def test_replay_users_only_publishes_ml100k_profiles_keyed_by_user(
     assert set(first.attributes) == {"age", "gender", "occupation", "zip"}
     assert not read_all(bootstrap, f"{prefix}events")  # --users-only: no events, no items
     assert not read_all(bootstrap, f"{prefix}items")
+
+
+def test_a_cluster_without_the_users_topic_runs_without_profiles_and_says_so(
+    make_worker: Callable[..., KafkaWorker],
+    make_config: Callable[..., WorkerConfig],
+    bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Topics made before profiles existed: everything but the users topic.
+    config = make_config()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        specs = topic_specs(config)
+        del specs[config.users_topic]
+        admin.create_topics(
+            [NewTopic(name, n, 1, topic_configs=c) for name, (n, c) in specs.items()]
+        )
+    finally:
+        admin.close()
+    kw = make_worker(create_topics=False)
+    assert kw.user_feed is None and kw.worker.profiles is None
+    assert f"topic {config.users_topic} does not exist: no user profiles" in caplog.text
+    kw.worker.bootstrap()  # and it starts
