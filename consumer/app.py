@@ -66,6 +66,7 @@ def build_recommender(config: WorkerConfig, rules: Rules | None = None) -> Recom
         diversity=config.diversity,
         rerank_pool=config.rerank_pool,
         rules=rules or Rules(),
+        profile_weight=config.profile_weight if config.profiles else 0.0,
         head=HeadConfig(
             rank=config.head_rank,
             lr=config.head_lr,
@@ -126,6 +127,7 @@ class KafkaWorker:
     producer: Any
     state_log: KafkaStateLog | None = None
     residency: Residency | None = None
+    user_feed: ItemFeed | None = None
 
     def close(self) -> None:
         sync = self.worker.model_sync
@@ -138,11 +140,31 @@ class KafkaWorker:
                 sync.close()
             self.source.close()
             self.item_feed.close()
+            if self.user_feed is not None:
+                self.user_feed.close()
             if self.state_log is not None:
                 self.state_log.close()
             if self.residency is not None:
                 self.residency.store.close()
             self.producer.close(timeout=10)
+
+
+def _profile_feed(config: WorkerConfig, isolation: dict[str, Any]) -> ItemFeed | None:
+    """The users topic, read whole by every worker (profiles are global, like the catalog);
+    None when profiles are off, or when the topic does not exist: a cluster whose topics were
+    created before profiles existed keeps working, without them, and says so."""
+    if not config.profiles:
+        return None
+    consumer = _consumer(config, group_id=None, **isolation)
+    if config.users_topic not in consumer.topics():
+        consumer.close()
+        log.warning(
+            "topic %s does not exist: no user profiles (create it with `freshrec topics "
+            "create`, or pass --profiles false to say so)",
+            config.users_topic,
+        )
+        return None
+    return ItemFeed(consumer, config.users_topic)
 
 
 def build_worker(
@@ -232,6 +254,7 @@ def build_worker(
         events_consumer, config.events_topic, on_assign=on_assign, on_revoke=on_revoke
     )
     item_feed = ItemFeed(_consumer(config, group_id=None, **isolation), config.items_topic)
+    user_feed = _profile_feed(config, isolation)
     state_log = None
     if config.state_changelog:
         state_log = KafkaStateLog(
@@ -293,6 +316,7 @@ def build_worker(
         ),
         metrics=metrics,
         items=item_feed,
+        profiles=user_feed,
         batch_size=config.batch_size,
         poll_timeout_ms=config.poll_timeout_ms,
         top_k=config.top_k,
@@ -305,7 +329,7 @@ def build_worker(
         residency=residency,
         model_sync=model_sync,
     )
-    return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency)
+    return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency, user_feed)
 
 
 def _check_partitions(consumer: Any, config: WorkerConfig) -> None:

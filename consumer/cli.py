@@ -101,6 +101,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         port=config.metrics_port,
         is_alive=lambda: time.monotonic() - _last_step(holder) < 60,
         is_ready=lambda: bool(getattr(holder.get("worker"), "ready", False)),
+        explain=(lambda user, item, top: _explain(holder, user, item, top))
+        if config.explain_endpoint
+        else None,
     )
     server.start()
     log.info("metrics on %s (also /healthz, /readyz)", server.url)
@@ -137,6 +140,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         extra={"event": "stop", "batches": kw.worker.batches, "published": t.published},
     )
     return 0
+
+
+def _explain(holder: dict[str, object], user: str, item: str, top: int) -> dict[str, object]:
+    """The /explain answer: the worker's explanation as plain data."""
+    from consumer.worker import Worker
+
+    worker = holder.get("worker")
+    if not isinstance(worker, Worker) or not worker.ready:
+        raise ValueError("the worker is not ready yet")
+    return worker.explain(user, item, top).to_dict()
 
 
 def _last_step(holder: dict[str, object]) -> float:
@@ -246,6 +259,35 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- explain -------------------------------------------------------------------------------
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from consumer.explain_client import fetch_explanation, format_explanation, owner_url
+    from consumer.security import check_kafka_login, kafka_security_settings
+    from consumer.watch import catalog_titles
+
+    config = _configured(args)
+    settings = kafka_security_settings(config)
+    if args.worker:
+        url = args.worker
+    else:
+        check_kafka_login(config, config.bootstrap_servers)
+        url = owner_url(config, args.user, settings)
+    answer = fetch_explanation(url, args.user, args.item, args.top)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    titles = (
+        {} if args.ids else catalog_titles(config.bootstrap_servers, config.items_topic, settings)
+    )
+    print(format_explanation(answer, titles))
+    print(f"\n(asked {url})")
+    return 0
+
+
 # -- replay --------------------------------------------------------------------------------
 
 
@@ -264,6 +306,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         limit=args.limit,
         items_only=args.items_only,
         events_only=args.events_only,
+        users_only=args.users_only,
         synthetic_items=args.synthetic_items,
         synthetic_events=args.synthetic_events,
         seed=args.seed,
@@ -390,18 +433,46 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--ids", action="store_true", help="item ids, not catalog titles")
     inspect.set_defaults(func=_cmd_inspect)
 
+    explain = sub.add_parser(
+        "explain",
+        help="why an item scores what it does for a user",
+        description="Ask the worker that holds the user (found through the consumer group; "
+        "it must run with --explain-endpoint) to take the item's score apart: content "
+        "similarity, the item's learned offset and bias, co-occurrence, trending, the "
+        "popularity blend of users with few events, and the history items that contribute "
+        "most (the first is the list's 'because'). Also --metrics-port and --group-id as the "
+        "workers have them.",
+    )
+    explain.add_argument("--user", required=True, help="the user id")
+    explain.add_argument("--item", required=True, help="the item id")
+    explain.add_argument("--top", type=int, default=5, help="history items to show")
+    explain.add_argument(
+        "--worker", default="", help="base URL of the worker to ask (default: find the owner)"
+    )
+    explain.add_argument("--json", action="store_true", help="the answer as JSON")
+    explain.add_argument("--ids", action="store_true", help="item ids, not catalog titles")
+    add_arguments(explain, only=(*KAFKA_SETTINGS, "group_id", "metrics_port"))
+    explain.set_defaults(func=_cmd_explain)
+
     replay = sub.add_parser(
         "replay",
         parents=[common],
-        help="publish a dataset's items, then its events in time order",
-        description="Publish the items of a dataset to the items topic, then its events to the "
-        "events topic in timestamp order, as fast as possible or at --rate events/s.",
+        help="publish a dataset's items and user profiles, then its events in time order",
+        description="Publish the items of a dataset to the items topic and its user profiles "
+        "(ml-100k's demographics) to the users topic, then its events to the events topic in "
+        "timestamp order, as fast as possible or at --rate events/s.",
     )
     replay.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
     replay.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
     replay.add_argument("--limit", type=int, default=0, help="publish at most this many events")
-    replay.add_argument("--items-only", action="store_true", help="publish the catalog only")
-    replay.add_argument("--events-only", action="store_true", help="skip the catalog")
+    only = replay.add_mutually_exclusive_group()
+    only.add_argument(
+        "--items-only",
+        action="store_true",
+        help="publish the catalog only: the items and the user profiles (ml-100k's demographics)",
+    )
+    only.add_argument("--users-only", action="store_true", help="publish the user profiles only")
+    only.add_argument("--events-only", action="store_true", help="skip the catalog and profiles")
     replay.add_argument("--synthetic-items", type=int, default=10_000)
     replay.add_argument("--synthetic-events", type=int, default=200_000)
     replay.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""msgpack codecs for events and items, enforcing every validation rule of DESIGN §3.
+"""msgpack codecs for events, items and user profiles, enforcing every validation rule of
+DESIGN §3.
 
 Decoding never lets a bad record through and never crashes on one: it raises
 :class:`DecodeError` whose ``reason`` is a short label (the ``reason`` of
@@ -44,7 +45,15 @@ from typing import Any
 import msgpack
 
 from consumer.exceptions import DecodeError
-from learner.types import EVENT_TYPES, Event, EventType, Item, ItemDeletion
+from learner.types import (
+    EVENT_TYPES,
+    Event,
+    EventType,
+    Item,
+    ItemDeletion,
+    ProfileDeletion,
+    UserProfile,
+)
 
 __all__ = [
     "REASONS",
@@ -52,8 +61,10 @@ __all__ = [
     "Limits",
     "decode_event",
     "decode_item",
+    "decode_user",
     "encode_event",
     "encode_item",
+    "encode_user",
 ]
 
 SCHEMA_VERSION = 1
@@ -202,8 +213,10 @@ def encode_event(event: Event) -> bytes:
     )
 
 
-def _attributes(obj: Mapping[str, Any]) -> dict[str, str | float | int | list[str]]:
-    raw = obj.get("attributes")
+def _attributes(
+    obj: Mapping[str, Any], *, required: bool = False
+) -> dict[str, str | float | int | list[str]]:
+    raw = _require(obj, "attributes") if required else obj.get("attributes")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -220,6 +233,18 @@ def _attributes(obj: Mapping[str, Any]) -> dict[str, str | float | int | list[st
     return out
 
 
+def _tombstone_key(key: bytes | None, limits: Limits) -> str:
+    if not key:
+        raise DecodeError(BAD_ID, "tombstone without a key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DecodeError(BAD_ID, "tombstone key is not UTF-8") from err
+    if len(key) > limits.max_id_bytes:
+        raise DecodeError(BAD_ID, f"tombstone key has {len(key)} bytes")
+    return text
+
+
 def decode_item(
     key: bytes | None, value: bytes | None, limits: Limits = Limits(), now_ms: int | None = None
 ) -> Item | ItemDeletion:
@@ -233,15 +258,7 @@ def decode_item(
     'Heat (1995)'
     """
     if value is None:
-        if not key:
-            raise DecodeError(BAD_ID, "tombstone without a key")
-        try:
-            item_id = key.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DecodeError(BAD_ID, "tombstone key is not UTF-8") from err
-        if len(key) > limits.max_id_bytes:
-            raise DecodeError(BAD_ID, f"tombstone key has {len(key)} bytes")
-        return ItemDeletion(item_id)
+        return ItemDeletion(_tombstone_key(key, limits))
     obj = _unpack_map(value, limits)
     item_id = _id(obj, "item_id", limits)
     title = _require(obj, "title")
@@ -269,6 +286,47 @@ def encode_item(item: Item) -> bytes:
                 "attributes": dict(item.attributes),
                 "image": item.image,
                 "ts": item.ts,
+            },
+            use_bin_type=True,
+        )
+    )
+
+
+def decode_user(
+    key: bytes | None, value: bytes | None, limits: Limits = Limits(), now_ms: int | None = None
+) -> UserProfile | ProfileDeletion:
+    """Decode a record of the users topic: ``{v: 1, user_id, attributes, ts}``, the attributes
+    a map of strings to a string, a number or a list of strings (the same rules as an item's);
+    a null value is a tombstone that deletes the keyed user's profile.
+
+    Examples
+    --------
+    >>> decode_user(b"u7", None)
+    ProfileDeletion(user_id='u7', ts=0)
+    >>> decode_user(b"u7", encode_user(UserProfile("u7", {"age": 31}))).attributes
+    {'age': 31}
+    >>> decode_user(b"u7", encode_user(UserProfile("", {"age": 31})))
+    Traceback (most recent call last):
+    ...
+    consumer.exceptions.DecodeError: bad_id: user_id has 0 bytes (1..256)
+    """
+    if value is None:
+        return ProfileDeletion(_tombstone_key(key, limits))
+    obj = _unpack_map(value, limits)
+    user_id = _id(obj, "user_id", limits)
+    attributes = _attributes(obj, required=True)
+    return UserProfile(user_id, attributes, _ts(obj, limits, now_ms))
+
+
+def encode_user(profile: UserProfile) -> bytes:
+    """The contract's msgpack map for a user profile."""
+    return bytes(
+        msgpack.packb(
+            {
+                "v": SCHEMA_VERSION,
+                "user_id": profile.user_id,
+                "attributes": dict(profile.attributes),
+                "ts": profile.ts,
             },
             use_bin_type=True,
         )

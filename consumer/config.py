@@ -247,6 +247,11 @@ class WorkerConfig:
         "address of the /metrics, /healthz, /readyz server (127.0.0.1: this machine only)",
     )
     metrics_port: int = _setting(9108, "port of the metrics server (0: pick a free one)")
+    explain_endpoint: bool = _setting(
+        False,
+        "also serve /explain?user=U&item=I on the metrics port (what `freshrec explain` asks): "
+        "it shows a user's recent items to whoever reaches that port, so it is off by default",
+    )
     log_level: str = _setting(
         "INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -255,6 +260,19 @@ class WorkerConfig:
         "json: one JSON object per line (for log collectors); text: readable lines; auto: "
         "text on a terminal, JSON otherwise",
         choices=("auto", "json", "text"),
+    )
+
+    # -- profiles: user profiles as a cold user's starting representation (issue 7) -----------
+    profiles: bool = _setting(
+        True,
+        "read user profiles from the compacted users topic (all of it at start, then every "
+        "change) and start each user with no events from their profile's text embedding",
+    )
+    profile_weight: float = _setting(
+        1.0,
+        "a profile counts as this many events: a user with n events is ranked by "
+        "(1 - b) * their events' vector + b * their profile's, b = w / (w + n) (0: ignore "
+        "profiles)",
     )
 
     # -- diversity: MMR re-ranking of each published list (issue 7, item 4) --------------------
@@ -309,6 +327,10 @@ class WorkerConfig:
     @property
     def items_topic(self) -> str:
         return f"{self.topic_prefix}items"
+
+    @property
+    def users_topic(self) -> str:
+        return f"{self.topic_prefix}users"
 
     @property
     def recommendations_topic(self) -> str:

@@ -23,7 +23,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from learner.exceptions import FreshrecError
-from learner.types import AttributeValue, Event, EventType, Item
+from learner.types import AttributeValue, Event, EventType, Item, UserProfile
 
 __all__ = [
     "DatasetError",
@@ -31,6 +31,7 @@ __all__ = [
     "load_ml100k",
     "load_ml100k_events",
     "load_ml100k_items",
+    "load_ml100k_users",
     "synthetic_catalog",
     "synthetic_events",
 ]
@@ -40,6 +41,7 @@ _WHEEL_PREFIX = "recbole/dataset_example/ml-100k/"
 _ML100K_DIR = "ml-100k"
 _ITEM_FILE = "ml-100k.item"
 _INTER_FILE = "ml-100k.inter"
+_USER_FILE = "ml-100k.user"
 _COMPLETE_MARKER = ".complete"
 _DATA_DIR_ENV = "FRESHREC_DATA_DIR"
 _PIP_TIMEOUT_S = 600
@@ -371,6 +373,58 @@ ts=878887116000)
         )
     events.sort(key=lambda event: event.ts)  # list.sort is stable: ties keep file order
     return events
+
+
+def load_ml100k_users(path: Path) -> list[UserProfile]:
+    """Load MovieLens-100K's user demographics as profiles, sorted by numeric id.
+
+    Parameters
+    ----------
+    path
+        The ``ml-100k.user`` file, or the directory that :func:`fetch_ml100k` returned.
+
+    Returns
+    -------
+    list[UserProfile]
+        One profile per user: ``attributes`` holds ``"age"`` (an int), ``"gender"`` (``M`` or
+        ``F``), ``"occupation"`` and ``"zip"`` (a string: some are Canadian postal codes);
+        ``ts`` is 0 (the file has no time).
+
+    Raises
+    ------
+    DatasetError
+        When the file is missing, lacks a column, or has a malformed row.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "ml-100k.user").write_text(
+    ...     "user_id:token\\tage:token\\tgender:token\\toccupation:token\\tzip_code:token\\n"
+    ...     "1\\t24\\tM\\ttechnician\\t85711\\n",
+    ...     encoding="utf-8",
+    ... )
+    >>> load_ml100k_users(folder)[0].attributes
+    {'age': 24, 'gender': 'M', 'occupation': 'technician', 'zip': '85711'}
+    >>> shutil.rmtree(folder)
+    """
+    file = _resolve(path, _USER_FILE)
+    positions, rows = _read_atomic(file, ("user_id", "age", "gender", "occupation", "zip_code"))
+    id_at, age_at, gender_at, occupation_at, zip_at = positions
+    users: list[tuple[int, UserProfile]] = []
+    for row in rows:
+        user_id, age = row[id_at].strip(), row[age_at].strip()
+        if not user_id.isdigit() or not age.isdigit():
+            raise DatasetError(f"{file}: user {user_id!r} has a non-numeric id or age {age!r}")
+        attributes: dict[str, AttributeValue] = {
+            "age": int(age),
+            "gender": row[gender_at].strip(),
+            "occupation": row[occupation_at].strip(),
+            "zip": row[zip_at].strip(),
+        }
+        users.append((int(user_id), UserProfile(user_id, attributes)))
+    users.sort(key=lambda pair: pair[0])
+    return [user for _, user in users]
 
 
 def load_ml100k(

@@ -62,7 +62,7 @@ def run_evaluation(
     ``diversity_tradeoff.png``. Every list is measured for intra-list diversity and genre
     coverage.
     """
-    from consumer.replay import load_dataset
+    from consumer.replay import load_dataset, load_profiles
 
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
@@ -73,6 +73,7 @@ def run_evaluation(
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     items, events = load_dataset(dataset)
+    profiles = load_profiles(dataset)
     if events_limit:
         events = events[:events_limit]
     encoder = CachedEncoder(TextEncoder(device=device))
@@ -98,6 +99,7 @@ def run_evaluation(
                 seed=seed,
                 items=items,
                 progress=progress,
+                profiles=profiles,
             )
             tuning[name] = TuningRecord(spec.grid, params, f"ndcg@{k}", tuple(trials))
             log.info("%s: chose %s in %.0fs", name, params, time.perf_counter() - t0)
@@ -117,6 +119,7 @@ def run_evaluation(
                 rank_sample=sample,
                 items=items,
                 progress=progress,
+                profiles=profiles,
                 features=features,
             )
             results.append(result)

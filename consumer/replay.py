@@ -1,4 +1,5 @@
-"""Replaying a dataset into Kafka: the catalog first, then events in timestamp order."""
+"""Replaying a dataset into Kafka: the catalog (items and user profiles) first, then events in
+timestamp order."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from consumer.codec import encode_event, encode_item
-from learner.types import Event, Item
+from consumer.codec import encode_event, encode_item, encode_user
+from learner.types import Event, Item, UserProfile
 from serving.publisher import flush_sends
 
-__all__ = ["Pacer", "load_dataset", "replay"]
+__all__ = ["Pacer", "load_dataset", "load_profiles", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,17 @@ def load_dataset(
     raise ValueError(f"unknown dataset {name!r}")
 
 
+def load_profiles(name: str) -> list[UserProfile]:
+    """User profiles of a dataset: ml-100k's demographics; the synthetic generator has none."""
+    from consumer import datasets
+
+    if name == "ml-100k":
+        return datasets.load_ml100k_users(datasets.fetch_ml100k())
+    if name == "synthetic":
+        return []
+    raise ValueError(f"unknown dataset {name!r}")
+
+
 def _send_all(
     producer: Any,
     topic: str,
@@ -89,14 +101,18 @@ def replay(
     limit: int = 0,
     items_only: bool = False,
     events_only: bool = False,
+    users_only: bool = False,
     synthetic_items: int = 10_000,
     synthetic_events: int = 200_000,
     seed: int = 0,
     progress: bool = True,
     kafka_settings: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
-    """Publish a dataset; returns (items sent, events sent). ``kafka_settings`` (security, from
-    ``consumer.security.kafka_security_settings``) go to the producer."""
+    """Publish a dataset: the catalog (items, then the user profiles, which only ml-100k has),
+    then the events; returns (items sent, events sent). ``items_only`` publishes the catalog
+    (items and profiles), ``users_only`` the profiles alone, ``events_only`` the events alone.
+    ``kafka_settings`` (security, from ``consumer.security.kafka_security_settings``) go to the
+    producer."""
     from kafka import KafkaProducer
 
     items, events = load_dataset(
@@ -111,15 +127,22 @@ def replay(
         batch_size=256 * 1024,
         **(kafka_settings or {}),
     )
-    n_items = n_events = 0
+    n_items = n_events = n_users = 0
     try:
-        if not events_only:
+        if not (events_only or users_only):
             pairs = [(it.item_id.encode(), encode_item(it)) for it in items]
             _send_all(
                 producer, f"{topic_prefix}items", pairs, rate=0.0, progress=progress, label="items"
             )
             n_items = len(pairs)
-        if not items_only:
+        if not events_only:
+            profiles = load_profiles(dataset)
+            pairs = [(p.user_id.encode(), encode_user(p)) for p in profiles]
+            _send_all(
+                producer, f"{topic_prefix}users", pairs, rate=0.0, progress=progress, label="users"
+            )
+            n_users = len(pairs)
+        if not (items_only or users_only):
             pairs = [(ev.user_id.encode(), encode_event(ev)) for ev in events]
             _send_all(
                 producer,
@@ -132,5 +155,11 @@ def replay(
             n_events = len(pairs)
     finally:
         producer.close(timeout=30)
-    log.info("replayed %d items and %d events of %s", n_items, n_events, dataset)
+    log.info(
+        "replayed %d items, %d user profiles and %d events of %s",
+        n_items,
+        n_users,
+        n_events,
+        dataset,
+    )
     return n_items, n_events

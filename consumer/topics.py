@@ -41,12 +41,14 @@ def topic_specs(config: WorkerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     --------
     >>> sorted(topic_specs(WorkerConfig(partitions=4)))
     ['freshrec.events', 'freshrec.events.dlq', 'freshrec.items', 'freshrec.model', \
-'freshrec.recommendations', 'freshrec.state.users']
+'freshrec.recommendations', 'freshrec.state.users', 'freshrec.users']
     """
     dlq_bytes = str(dlq_record_bytes(config))
     return {
         config.events_topic: (config.partitions, {}),
         config.items_topic: (config.partitions, dict(_COMPACTED)),
+        # User profiles (key = user_id), compacted like the items: read whole by every worker.
+        config.users_topic: (config.partitions, dict(_COMPACTED)),
         config.recommendations_topic: (config.partitions, dict(_COMPACTED)),
         config.dlq_topic: (1, {"max.message.bytes": dlq_bytes}),
         # Partition p holds the state of the users of events partition p: same count.

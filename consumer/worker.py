@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.changelog import StateLog
-from consumer.codec import Limits, decode_event, decode_item
+from consumer.codec import Limits, decode_event, decode_item, decode_user
 from consumer.dlq import DeadLetterQueue
 from consumer.exceptions import DecodeError, SourceError
 from consumer.logs import LogSampler
@@ -23,9 +23,17 @@ from consumer.model_sync import ModelSync
 from consumer.residency import Residency
 from consumer.source import Record, Source, TopicPartitionKey
 from consumer.transactions import Committer, SourceCommitter, TransactionAborted
+from learner.explain import Explanation, explain
 from learner.online_metrics import HitRateTracker
 from learner.recommender import Recommender
-from learner.types import Event, Item, ItemDeletion, UserRecommendation
+from learner.types import (
+    Event,
+    Item,
+    ItemDeletion,
+    ProfileDeletion,
+    UserProfile,
+    UserRecommendation,
+)
 from serving.exceptions import PublishError
 from serving.metrics import WorkerMetrics
 from serving.publisher import Publisher
@@ -40,7 +48,7 @@ DLQ_LOG_INTERVAL_S = 10.0
 
 
 class ItemUpdates(Protocol):
-    """The catalog feed: records of the items topic."""
+    """A compacted feed read whole: records of the items topic (or of the users topic)."""
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
 
@@ -103,6 +111,7 @@ class Worker:
         dlq: DeadLetterQueue,
         metrics: WorkerMetrics | None = None,
         items: ItemUpdates | None = None,
+        profiles: ItemUpdates | None = None,
         batch_size: int = 500,
         poll_timeout_ms: int = 500,
         top_k: int = 10,
@@ -122,6 +131,7 @@ class Worker:
         self.dlq = dlq
         self.metrics = metrics or WorkerMetrics()
         self.items = items
+        self.profiles = profiles
         self.batch_size = batch_size
         self.poll_timeout_ms = poll_timeout_ms
         self.top_k = top_k
@@ -149,6 +159,9 @@ class Worker:
             else HitRateTracker()
         )
         self._stop = threading.Event()
+        # Held while a batch is handled: readers from other threads (the /explain endpoint)
+        # see the model between batches, never halfway through one.
+        self.model_lock = threading.Lock()
         self.ready = False
         self.last_step_monotonic = time.monotonic()
         self.batches = 0
@@ -157,11 +170,16 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------
 
     def bootstrap(self) -> int:
-        """Load the whole catalog from the items feed before the first event is handled."""
+        """Load the whole catalog from the items feed, and every profile from the users feed,
+        before the first event is handled."""
         changes = 0
         if self.items is not None:
             for records in self.items.read_to_end():
                 changes += self._apply_items(records)
+        if self.profiles is not None:
+            for records in self.profiles.read_to_end():
+                changes += self._apply_profiles(records)
+            log.info("profiles loaded: %d users", len(self.recommender.profiles))
         self.metrics.catalog_items.set(len(self.recommender.items))
         if self.model_sync is not None:
             self.metrics.model_peers.set(self.model_sync.start())
@@ -241,16 +259,27 @@ class Worker:
                 break
             if until is not None and until():
                 break
-            if self.step().consumed:
+            with self.model_lock:
+                report = self.step()
+            if report.consumed:
                 done += 1
         return done
+
+    def explain(self, user_id: str, item_id: str, top: int = 5) -> Explanation:
+        """The score of ``item_id`` for ``user_id`` taken apart (``learner.explain``), on the
+        model as it is between batches; safe to call from another thread. A user waiting in
+        the local store is loaded first, as their next event would."""
+        with self.model_lock:
+            if self.residency is not None and user_id not in self.recommender.users:
+                self.metrics.users_loaded.inc(self.residency.admit({user_id: -1}))
+            return explain(self.recommender, user_id, item_id, top)
 
     # -- one micro-batch -----------------------------------------------------------------
 
     def step(self) -> StepReport:
         """Handle one poll: items first, then events end to end, committing last."""
         self.last_step_monotonic = time.monotonic()
-        item_changes = self._poll_items()
+        item_changes = self._poll_items() + self._poll_profiles()
         self._sync_model()
         records = self.source.poll(self.poll_timeout_ms, self.batch_size)
         if self._rebalances:
@@ -395,14 +424,50 @@ class Worker:
             return 0
         with self._timed("items"):
             changes = self._apply_items(records)
-            if self.committer.transactional:
-                # Dead letters of bad item records are this step's only output: commit them
-                # now rather than hold a transaction open until the next batch of events.
-                try:
-                    self.committer.commit({})
-                except TransactionAborted as err:
-                    log.error("dead letters of %d item records lost: %s", len(records), err)
+            self._commit_feed_dead_letters(len(records), "item")
             return changes
+
+    def _poll_profiles(self) -> int:
+        if self.profiles is None:
+            return 0
+        records = self.profiles.poll(0, 5000)
+        if not records:
+            return 0
+        with self._timed("profiles"):
+            changes = self._apply_profiles(records)
+            self._commit_feed_dead_letters(len(records), "profile")
+            return changes
+
+    def _commit_feed_dead_letters(self, n_records: int, what: str) -> None:
+        if self.committer.transactional:
+            # Dead letters of bad feed records are this step's only output: commit them now
+            # rather than hold a transaction open until the next batch of events.
+            try:
+                self.committer.commit({})
+            except TransactionAborted as err:
+                log.error("dead letters of %d %s records lost: %s", n_records, what, err)
+
+    def _apply_profiles(self, records: Sequence[Record]) -> int:
+        """Profile upserts and tombstones, in order; a bad profile record goes to the DLQ."""
+        latest: dict[str, UserProfile | ProfileDeletion] = {}
+        for rec in records:
+            try:
+                decoded = decode_user(rec.key, rec.value, self.limits)
+            except DecodeError as err:
+                self.dlq.send(rec, err.reason, err.detail)
+                self.metrics.profiles_rejected.labels(reason=err.reason).inc()
+                log.warning("bad profile record %s: %s", rec.source, err)
+                continue
+            latest.pop(decoded.user_id, None)
+            latest[decoded.user_id] = decoded
+        upserts = [p for p in latest.values() if isinstance(p, UserProfile)]
+        deletions = [p.user_id for p in latest.values() if isinstance(p, ProfileDeletion)]
+        stored = self.recommender.upsert_profiles(upserts)
+        removed = self.recommender.delete_profiles(deletions)
+        self.metrics.profiles_updated.labels(op="upsert").inc(stored)
+        self.metrics.profiles_updated.labels(op="delete").inc(removed)
+        self.metrics.profiles.set(len(self.recommender.profiles))
+        return stored + removed
 
     def _apply_items(self, records: Sequence[Record]) -> int:
         """Upserts and tombstones, in order; a bad item record goes to the DLQ."""

@@ -42,8 +42,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from learner.exceptions import FreshrecError
-from learner.stream_model import CatalogAware, StreamModel
-from learner.types import Event, Item
+from learner.stream_model import CatalogAware, ProfileAware, StreamModel
+from learner.types import Event, Item, UserProfile
 
 __all__ = [
     "COLD_THRESHOLD",
@@ -483,6 +483,7 @@ def evaluate_stream(
     items: Sequence[Item] | None = None,
     cold_threshold: int = COLD_THRESHOLD,
     features: ItemFeatures | None = None,
+    profiles: Sequence[UserProfile] | None = None,
 ) -> EvalResult:
     """Replay ``events`` in order through ``model``, test-then-train, and score every list.
 
@@ -517,6 +518,9 @@ def evaluate_stream(
     features
         Item vectors and genres: each scored list is also measured for intra-list diversity
         (``ild@k``) and genre coverage (``genre_coverage@k``), outside the model's time.
+    profiles
+        Users' profiles; handed to ``model.set_profiles`` first when the model is
+        :class:`~learner.stream_model.ProfileAware` (after the catalog).
 
     Raises
     ------
@@ -527,6 +531,8 @@ def evaluate_stream(
         raise ValueError("k must be positive")
     if items is not None and isinstance(model, CatalogAware):
         model.set_catalog(items)
+    if profiles is not None and isinstance(model, ProfileAware):
+        model.set_profiles(profiles)
     n_tune = split_index(len(events), tune_fraction)
     cold_user, cold_item = cold_flags(events, cold_threshold)
     result = EvalResult(
@@ -609,6 +615,7 @@ def tune(
     seed: int = 0,
     items: Sequence[Item] | None = None,
     progress: bool = False,
+    profiles: Sequence[UserProfile] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pick hyperparameters on the tune split (``events[:tune_fraction]``) only.
 
@@ -664,6 +671,7 @@ def tune(
             rank_sample=sample,
             progress=progress,
             items=items,
+            profiles=profiles,
         )
         scores = result.metrics("test", "all")
         if chosen_metric not in scores:

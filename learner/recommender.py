@@ -37,9 +37,10 @@ from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
+from learner.profiles import ProfileTable, profile_share, profile_text
 from learner.rerank import greedy_select
 from learner.rules import RuleIndex, Rules
-from learner.types import Event, Item, ScoredItem, Strategy, UserRecommendation
+from learner.types import Event, Item, ScoredItem, Strategy, UserProfile, UserRecommendation
 from learner.user_state import EventWeights, UserSnapshot, UserStateStore, event_id_hash
 
 __all__ = ["Encoder", "LearnReport", "ModelConfig", "Recommender"]
@@ -111,6 +112,11 @@ class ModelConfig:
     # has this many items; below it, and with 0, every item is scored.
     ann_min_items: int = 50_000
     ann: AnnConfig = field(default_factory=AnnConfig)
+    # Profile cold start: a user's profile vector counts as this many events. The vector the
+    # head scores a user by is (1 - b) ĥ_u + b p_u, with b = m / (m + n) for n events (so a
+    # user with no events is their profile, one with m events is half profile); a profile also
+    # counts as m events in the trending blend (see ``recommend``). 0 turns profiles off.
+    profile_weight: float = 1.0
     # -- diversity and business rules (issue 7): applied when ranking for a list (recommend),
     # never to training. MMR's lambda (0: plain relevance order, today's lists exactly).
     diversity: float = 0.0
@@ -167,6 +173,7 @@ class Recommender:
             bilinear_init=self.config.bilinear_init,
         )
         self.trending = TrendingPopularity(self.config.trending_half_life_s, device=self.device)
+        self.profiles = ProfileTable(dim, device=self.device)
         self._texts: dict[str, str] = {}
         self._pending: list[tuple[Tensor, ...]] = []
         self._pending_pairs = 0
@@ -208,6 +215,47 @@ class Recommender:
             self._texts.pop(item_id, None)
         return self.items.delete(item_ids)
 
+    # -- profiles ------------------------------------------------------------------------
+
+    def upsert_profiles(self, profiles: Sequence[UserProfile]) -> int:
+        """Add or replace users' profiles; only texts not seen before are encoded. A profile
+        whose text is empty (no attribute the template knows) removes the user's profile.
+        Returns the profiles stored."""
+        latest = {p.user_id: profile_text(p.attributes) for p in profiles}
+        empty = [uid for uid, text in latest.items() if not text]
+        self.profiles.remove(empty)
+        kept = {uid: text for uid, text in latest.items() if text}
+        new_texts = self.profiles.missing(list(kept.values()))
+        if new_texts:
+            self.profiles.add_texts(new_texts, self.encoder.encode(new_texts))
+        for uid, text in kept.items():
+            self.profiles.assign(uid, text)
+        return len(kept)
+
+    def delete_profiles(self, user_ids: Sequence[str]) -> int:
+        """Forget users' profiles (their event state is untouched); returns how many had one."""
+        return self.profiles.remove(user_ids)
+
+    def _start_vectors(
+        self, user_ids: Sequence[str], vectors: Tensor, counts: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The vectors the head scores users by, and which users have a profile.
+
+        For a user with a profile ``p`` (unit length) and ``n`` events:
+        ``(1 - b) ĥ + b p`` with ``b = m / (m + n)``, ``m = profile_weight``; other users'
+        vectors are returned unchanged, so without profiles nothing differs.
+        """
+        m = self.config.profile_weight
+        if m <= 0 or not len(self.profiles):
+            return vectors, torch.zeros(len(user_ids), dtype=torch.bool, device=self.device)
+        p, found = self.profiles.lookup(user_ids)
+        if not bool(found.any()):
+            return vectors, found
+        b = profile_share(counts, m).unsqueeze(-1)
+        h = torch.nn.functional.normalize(vectors, dim=-1)
+        blended = (1 - b) * h + b * p
+        return torch.where(found.unsqueeze(-1), blended, vectors), found
+
     # -- learning ------------------------------------------------------------------------
 
     def learn(self, events: Sequence[Event]) -> LearnReport:
@@ -248,9 +296,14 @@ class Recommender:
 
         loss, pairs = 0.0, 0
         if self.config.train:
-            has_history = self.users.counts[user_rows] > 0
-            if bool(has_history.any()):
-                self._queue_pairs(user_rows[has_history], items[has_history])
+            counts = self.users.counts[user_rows]
+            vectors, profiled = self._start_vectors(
+                [ev.user_id for ev in known], self.users.vectors[user_rows], counts
+            )
+            # A user with a profile has a representation before their first event.
+            usable = (counts > 0) | profiled
+            if bool(usable.any()):
+                self._queue_pairs(user_rows[usable], items[usable], vectors[usable])
             if self._pending_pairs >= self.config.min_train_pairs:
                 loss, pairs = self._train_step()
         if self.cooc is not None:
@@ -287,7 +340,7 @@ class Recommender:
         return out
 
     def _hard_negatives(
-        self, user_rows: Tensor, pos: Tensor, signals: list[Tensor], count: int
+        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, signals: list[Tensor], count: int
     ) -> Tensor:
         """``count`` negatives per pair drawn from the items the model ranks highest now.
 
@@ -295,9 +348,7 @@ class Recommender:
         nobody would rank anyway, and learning to beat them trades top-K quality for AUC.
         """
         with torch.no_grad():
-            scores = self._personal_scores(
-                self.users.vectors[user_rows], self.users.counts[user_rows], signals
-            )
+            scores = self._personal_scores(vectors, self.users.counts[user_rows], signals)
             n = scores.shape[1]
             scores = scores.masked_fill(~self.items.active[:n].unsqueeze(0), float("-inf"))
             who, what = self.users.exclusions(user_rows.tolist())
@@ -309,7 +360,7 @@ class Recommender:
             return top.gather(1, pick.to(self.device))
 
     def _hard_negatives_ann(
-        self, user_rows: Tensor, pos: Tensor, fallback: Tensor, count: int
+        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, fallback: Tensor, count: int
     ) -> Tensor:
         """:meth:`_hard_negatives` for ANN-sized catalogs: the pool is each user's top items
         from the ANN candidates, re-scored exactly (``_top_ann``), without the positive.
@@ -319,7 +370,7 @@ class Recommender:
             pool = min(self.config.hard_negative_pool, self.items.num_rows)
             values, top = self._top_ann(
                 user_rows.tolist(),
-                self.users.vectors[user_rows],
+                vectors,
                 self.users.counts[user_rows],
                 torch.ones(b, device=self.device),
                 pool + 1,
@@ -345,8 +396,9 @@ class Recommender:
             out.append(self._trend_signal(n)[cols])
         return torch.stack(out, dim=-1)
 
-    def _queue_pairs(self, user_rows: Tensor, pos: Tensor) -> None:
-        """Snapshot training pairs from the current (pre-event) state for the next step."""
+    def _queue_pairs(self, user_rows: Tensor, pos: Tensor, vectors: Tensor) -> None:
+        """Snapshot training pairs from the current (pre-event) state for the next step;
+        ``vectors`` are the users' vectors as ranking sees them (``_start_vectors``)."""
         b = int(pos.numel())
         # Large catalogs: no dense (users x catalog) scoring here either; hard negatives come
         # from the ANN candidates and the signals are looked up at the pairs' items only.
@@ -362,9 +414,9 @@ class Recommender:
         )
         if n_hard:
             hard = (
-                self._hard_negatives_ann(user_rows, pos, neg[:, 0], n_hard)
+                self._hard_negatives_ann(user_rows, vectors, pos, neg[:, 0], n_hard)
                 if sparse
-                else self._hard_negatives(user_rows, pos, signals, n_hard)
+                else self._hard_negatives(user_rows, vectors, pos, signals, n_hard)
             )
             neg = torch.cat([neg, hard], dim=1)
         n_sig = self.head.n_signals
@@ -379,7 +431,7 @@ class Recommender:
             neg_sig = torch.stack([f.gather(1, neg) for f in full], -1)
         self._pending.append(
             (
-                self.users.vectors[user_rows].clone(),
+                vectors.clone(),
                 pos,
                 neg,
                 pos_sig,
@@ -476,7 +528,9 @@ class Recommender:
         (``None`` everywhere when ``explain`` is false, which saves time in evaluation).
 
         Users with fewer than ``min_events`` events get trending items blended with their
-        personal list in proportion to how much history they have (none: trending only).
+        personal list in proportion to how much history they have (none: trending only); a
+        profile counts as ``profile_weight`` events there, and its vector is the user's
+        starting representation (``_start_vectors``).
         """
         if not user_ids:
             return []
@@ -489,8 +543,10 @@ class Recommender:
         vectors = torch.where(has_state, self.users.vectors[known.clamp(min=0)], 0.0)
         counts = torch.where(known >= 0, self.users.counts[known.clamp(min=0)], 0)
         newest_ts = torch.where(known >= 0, self.users.last_ts_ms[known.clamp(min=0)], 0)
+        vectors, profiled = self._start_vectors(user_ids, vectors, counts)
+        evidence = counts.float() + profiled.float() * max(0.0, self.config.profile_weight)
         with torch.no_grad():
-            alpha = (counts.float() / max(1, min_ev)).clamp(max=1.0)
+            alpha = (evidence / max(1, min_ev)).clamp(max=1.0)
             top: tuple[Tensor, Tensor] | None = None
             if n:
                 top = self._ranked(rows, vectors, counts, alpha, k)
@@ -500,8 +556,8 @@ class Recommender:
         picked = top[1].tolist() if top is not None else [[] for _ in user_ids]
         ids, version = self.items.ids, self.model_version
         out = []
-        for i, (uid, count, event_ts) in enumerate(
-            zip(user_ids, counts.tolist(), newest_ts.tolist(), strict=True)
+        for i, (uid, count, event_ts, seen) in enumerate(
+            zip(user_ids, counts.tolist(), newest_ts.tolist(), evidence.tolist(), strict=True)
         ):
             because = because_all[i] if because_all is not None else [None] * len(picked[i])
             items = [
@@ -510,7 +566,7 @@ class Recommender:
                 if s != -math.inf  # fewer eligible items than k
             ]
             strategy: Strategy = (
-                "popular" if count == 0 else "personal" if count >= min_ev else "blend"
+                "popular" if seen <= 0 else "personal" if count >= min_ev else "blend"
             )
             out.append(UserRecommendation(uid, items, strategy, version, event_ts))
         return out
@@ -738,7 +794,7 @@ class Recommender:
         if any(sig is None for sig in signals):
             cooc = self._cooc_sparse(rows)
             parts.append(_top_per_row(*cooc, n, u, narrow, live))
-        blending = (alpha < 1) & (counts > 0)
+        blending = (alpha < 1) & (alpha > 0)
         if trend is not None and bool(blending.any()):
             low = torch.full((u, _LOW_CANDIDATES), -1, dtype=torch.long, device=dev)
             low[blending] = index.search(-queries[blending], _LOW_CANDIDATES).to(dev)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from typing import Protocol, runtime_checkable
 
-from learner.types import Event, Item
+from learner.types import Event, Item, UserProfile
 
-__all__ = ["CatalogAware", "StreamModel"]
+__all__ = ["CatalogAware", "ProfileAware", "StreamModel"]
 
 
 @runtime_checkable
@@ -44,3 +44,11 @@ class CatalogAware(Protocol):
     """A model that wants the catalog (ids and texts) before the stream starts."""
 
     def set_catalog(self, items: Sequence[Item]) -> None: ...
+
+
+@runtime_checkable
+class ProfileAware(Protocol):
+    """A model that takes users' profiles (what is known of them besides their events) before
+    the stream starts; it may ignore them."""
+
+    def set_profiles(self, profiles: Sequence[UserProfile]) -> None: ...

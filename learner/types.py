@@ -12,8 +12,10 @@ __all__ = [
     "EventType",
     "Item",
     "ItemDeletion",
+    "ProfileDeletion",
     "ScoredItem",
     "Strategy",
+    "UserProfile",
     "UserRecommendation",
 ]
 
@@ -76,6 +78,31 @@ class ItemDeletion:
     """A tombstone: the item leaves the catalog."""
 
     item_id: str
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """What is known about a user before (and besides) their events: the users topic's value.
+
+    ``learner.profiles.profile_text`` turns ``attributes`` into the text the encoder embeds.
+
+    Examples
+    --------
+    >>> UserProfile("u1", {"age": 24, "gender": "M", "occupation": "technician"}).user_id
+    'u1'
+    """
+
+    user_id: str
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileDeletion:
+    """A tombstone of the users topic: the user's profile is forgotten."""
+
+    user_id: str
     ts: int = 0
 
 

@@ -3,7 +3,8 @@
 freshrec runs through the very ``Recommender`` the worker uses, wrapped as a ``StreamModel``;
 its ablations change only what they name: ``freshrec_content_only`` (frozen encoder embeddings,
 no head training, no co-occurrence), ``freshrec_ids_only`` (random item vectors instead of the
-encoder, everything else trained) and ``freshrec`` (the full model).
+encoder, everything else trained), ``freshrec`` (the full model) and ``freshrec_profiles`` (the
+full model given the users' profiles, which every other model ignores).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from learner.baselines import ISGD, ItemKNN, Popularity, RiverBiasedMF, Trending
 from learner.head import HeadConfig
 from learner.recommender import Encoder, ModelConfig, Recommender
 from learner.stream_model import StreamModel
-from learner.types import Event, Item
+from learner.types import Event, Item, UserProfile
 
 __all__ = ["MODEL_NAMES", "FreshrecStream", "ModelSpec", "RandomEncoder", "model_specs"]
 
@@ -34,6 +35,7 @@ MODEL_NAMES = (
     "freshrec_content_only",
     "freshrec_ids_only",
     "freshrec",
+    "freshrec_profiles",
 )
 
 
@@ -79,16 +81,27 @@ class FreshrecStream:
     """The worker's ``Recommender`` as a test-then-train ``StreamModel``."""
 
     def __init__(
-        self, name: str, encoder: Encoder, config: ModelConfig, *, ids_only: bool = False
+        self,
+        name: str,
+        encoder: Encoder,
+        config: ModelConfig,
+        *,
+        ids_only: bool = False,
+        profiles: bool = False,
     ) -> None:
         self.name = name
         self.ids_only = ids_only
+        self.use_profiles = profiles
         self.recommender = Recommender(encoder, config)
 
     def set_catalog(self, items: Sequence[Item]) -> None:
         if self.ids_only:  # the text is the id: the encoder learns nothing from content
             items = [Item(it.item_id, it.item_id) for it in items]
         self.recommender.upsert_items(items)
+
+    def set_profiles(self, profiles: Sequence[UserProfile]) -> None:
+        if self.use_profiles:
+            self.recommender.upsert_profiles(profiles)
 
     def rank(self, user_id: str, k: int, exclude: Set[str]) -> list[str]:
         want = k
@@ -188,6 +201,14 @@ def model_specs(encoder: Encoder, *, seed: int = 0, diversity: float = 0.0) -> d
         "freshrec": ModelSpec(
             "freshrec",
             lambda p: FreshrecStream("freshrec", encoder, _freshrec_config(p, base, seed)),
+            freshrec_grid,
+        ),
+        # The same model and grid, given ml-100k's demographics (docs/results/profiles.md).
+        "freshrec_profiles": ModelSpec(
+            "freshrec_profiles",
+            lambda p: FreshrecStream(
+                "freshrec_profiles", encoder, _freshrec_config(p, base, seed), profiles=True
+            ),
             freshrec_grid,
         ),
     }

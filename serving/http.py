@@ -1,10 +1,14 @@
-"""The worker's HTTP endpoints: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``."""
+"""The worker's HTTP endpoints: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``, and
+``/explain`` when the worker serves explanations."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -33,10 +37,12 @@ class MetricsServer:
         port: int = 9108,
         is_alive: Callable[[], bool] = lambda: True,
         is_ready: Callable[[], bool] = lambda: True,
+        explain: Callable[[str, str, int], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = registry
         self.is_alive = is_alive
         self.is_ready = is_ready
+        self.explain = explain
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,8 +56,31 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok = server.is_ready()
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path == "/explain":
+                    self._explain(parse_qs(self.path.partition("?")[2]))
                 else:
                     self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+            def _explain(self, query: dict[str, list[str]]) -> None:
+                if server.explain is None:
+                    body = {"error": "this worker does not serve /explain (--explain-endpoint)"}
+                    self._json(404, body)
+                    return
+                user, item = query.get("user", [""])[0], query.get("item", [""])[0]
+                if not user or not item:
+                    self._json(400, {"error": "give ?user=USER&item=ITEM"})
+                    return
+                try:
+                    top = int(query.get("top", ["5"])[0])
+                    self._json(200, server.explain(user, item, top))
+                except ValueError as err:
+                    self._json(400, {"error": str(err)})
+                except KeyError as err:  # an item not in the catalog
+                    self._json(404, {"error": str(err.args[0] if err.args else err)})
+
+            def _json(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body, allow_nan=False, default=str).encode()
+                self._reply(code, data + b"\n", "application/json")
 
             def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
                 self.send_response(code)

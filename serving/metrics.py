@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["STAGES", "WorkerMetrics"]
 
-STAGES = ("decode", "items", "restore", "learn", "rank", "publish", "state", "commit")
+STAGES = ("decode", "items", "profiles", "restore", "learn", "rank", "publish", "state", "commit")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -49,6 +49,18 @@ class WorkerMetrics:
         self.items_updated = Counter(
             "freshrec_items_updated_total", "Item upserts and deletions applied", ["op"], registry=r
         )
+        self.profiles_rejected = Counter(
+            "freshrec_profiles_rejected_total",
+            "User profile records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.profiles_updated = Counter(
+            "freshrec_profiles_updated_total",
+            "User profile upserts and deletions applied",
+            ["op"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "freshrec_batch_size_events",
             "Event records per micro-batch",
@@ -79,6 +91,9 @@ class WorkerMetrics:
         )
         self.catalog_items = Gauge(
             "freshrec_catalog_items", "Live items in the catalog", registry=r
+        )
+        self.profiles = Gauge(
+            "freshrec_profiles", "Users with a profile (from the users topic)", registry=r
         )
         self.users_in_state = Gauge(
             "freshrec_users_in_state", "Users with state on this worker", registry=r

@@ -246,7 +246,10 @@ start() {
   fi
   local deadline=$((SECONDS + TIMEOUT))
   while ! answers; do
-    if ! running_pid > /dev/null; then
+    # Only whether the process lives: running_pid's check of the command line can fail in the
+    # moment between the fork and the exec of java (seen on a loaded machine, where it
+    # reported a starting broker as exited and left it running with no PID file).
+    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
       say "broker exited during start-up; log tail:"; tail -n 40 "$LOG" >&2; rm -f "$PIDFILE"; exit 1
     fi
     if ((SECONDS >= deadline)); then
