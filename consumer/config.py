@@ -275,6 +275,17 @@ class WorkerConfig:
         "profiles)",
     )
 
+    # -- image modality (issue 7, item 1) ------------------------------------------------------
+    # learner/image_encoder.py loads the model; the head fuses image and text (learner/fusion.py).
+    image_encoder: str = _setting(
+        "",
+        "Hugging Face vision model directory (CLIP, ViT, ...): items with image bytes also get "
+        "an image embedding, fused with the text one in the head (empty: text only)",
+    )
+    image_encoder_batch_size: int = _setting(
+        0, "most images per image encoder batch (0: 32 on CPU, 256 on CUDA)"
+    )
+
     # -- security: how every Kafka client authenticates and encrypts (issue 5) ------------------
     # consumer/security.py turns these into kafka-python's keyword arguments.
     security_protocol: str = _setting(
