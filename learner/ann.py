@@ -15,7 +15,9 @@ touched them), new rows, and rows whose bias a head step moved (a step moves ``�
 of the same rows). Every ``delta_check_steps`` head steps it also compares a fingerprint of all
 ``δ`` rows, so a change to ``δ`` alone is picked up too. Deleted rows leave the index; the
 k-means lists are trained again only when the live catalog has grown or shrunk by
-``rebuild_growth`` since they were.
+``rebuild_growth`` since they were. With image fusion the fingerprint is of ``e_v + δ_v``: a
+step that moves the fusion's gate or projection moves every image item's vector, and the next
+periodic check re-indexes them.
 
 Examples
 --------

@@ -5,6 +5,8 @@ ViT written to a temporary directory (tests/fixtures/tiny_vit.py): nothing is do
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+import consumer.app as app
 from consumer.codec import encode_item
+from consumer.config import WorkerConfig, add_arguments, config_from_args
 from consumer.model_sync import ModelSync, Snapshot, encode_snapshot
 from consumer.source import InMemorySource, Record
+from learner.ann import AnnConfig
+from learner.exceptions import EncoderError
 from learner.fusion import FUSION_PARAMS, fuse
 from learner.head import BilinearHead, HeadConfig
 from learner.image_encoder import CachedImageEncoder, ImageEncoder
@@ -221,6 +227,41 @@ def test_an_unseen_item_that_looks_like_a_users_items_ranks_above_one_that_does_
         assert ranked.index(liked) < ranked.index({"r-new": "b-new", "b-new": "r-new"}[liked])
 
 
+def test_approximate_ranking_uses_the_fused_vectors_and_follows_the_gate_as_it_moves(
+    vit: ImageEncoder,
+) -> None:
+    colours = [RED, GREEN, BLUE]
+    catalog = [
+        Item(f"i{i}", f"{['Space war', 'Love in Paris', 'Cook food'][i % 3]} {i}",
+             image=png(colours[i % 3], stripes=i % 5) if i % 2 else None)
+        for i in range(36)
+    ]  # fmt: skip
+    rec = image_recommender(
+        vit, catalog, min_events=1, ann_min_items=0,
+        ann=AnnConfig(nprobe=10_000, candidates=10_000, delta_check_steps=1, storage="flat"),
+        head=HeadConfig(lr=0.05),
+    )  # fmt: skip
+    pairs = [(f"u{u}", f"i{(3 * k + u) % 36}") for k in range(6) for u in range(6)]
+    for n in range(5):
+        rec.learn(clicks(pairs, start=100 * n))
+    users = [f"u{u}" for u in range(6)] + ["cold"]
+    exact = rec.recommend(users, k=10)
+    rec.config = dataclasses.replace(rec.config, ann_min_items=1)
+    approx = rec.recommend(users, k=10)
+    for a, e in zip(approx, exact, strict=True):
+        assert [it.item_id for it in a.items] == [it.item_id for it in e.items]
+        assert [it.score for it in a.items] == pytest.approx([it.score for it in e.items], abs=1e-5)
+    rec.learn(clicks(pairs, start=1000))  # the gate moves: every image item's vector moves
+    rec.recommend(users, k=10)
+    assert rec._ann is not None and rec._ann.index is not None
+    rows = torch.arange(rec.items.num_rows)
+    fused = rec.head.vectors_at(rec.items.embeddings, rows, rec.items.image_view()).detach()
+    stored = torch.stack([
+        torch.from_numpy(rec._ann.index._index.reconstruct(int(r))) for r in rows
+    ])  # fmt: skip
+    assert torch.allclose(stored[:, : fused.shape[1]], fused, atol=1e-5)
+
+
 # -- the catalog and the cache ----------------------------------------------------------------
 
 
@@ -312,6 +353,34 @@ class _Feed:
     def poll(self) -> list[tuple[bytes, bytes | None]]:
         out, self.records = list(self.records), []
         return out
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_image_encoder_is_a_worker_setting_that_reaches_the_model(
+    vit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    env = {"FRESHREC_IMAGE_ENCODER": str(vit_dir)}
+    config = config_from_args(parser.parse_args(["--image-encoder-batch-size", "3"]), env)
+    assert config.image_encoder == str(vit_dir) and config.image_encoder_batch_size == 3
+    assert WorkerConfig().image_encoder == ""  # off by default
+
+    class NoText:  # the real text encoder is not what this test is about
+        name, dim, device = "no-text", 4, torch.device("cpu")
+
+        def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+    monkeypatch.setattr(app, "TextEncoder", NoText)
+    rec = app.build_recommender(dataclasses.replace(config, device="cpu", torch_threads=0))
+    assert isinstance(rec.image_encoder, CachedImageEncoder)
+    assert rec.image_encoder.encoder.batch_size == 3 and rec.image_encoder.dim == HIDDEN
+    assert rec.encoder_name == f"no-text+{rec.image_encoder.name}"
+    assert app.build_recommender(WorkerConfig(torch_threads=0)).image_encoder is None
+    with pytest.raises(EncoderError, match="does not exist"):
+        app.build_recommender(WorkerConfig(image_encoder=str(vit_dir / "nope"), torch_threads=0))
 
 
 # -- the worker, end to end in memory ---------------------------------------------------------
