@@ -22,6 +22,7 @@ from consumer.model_sync import ModelSync, Snapshot, encode_snapshot
 from consumer.source import InMemorySource, Record
 from learner.ann import AnnConfig
 from learner.exceptions import EncoderError
+from learner.explain import explain
 from learner.fusion import FUSION_PARAMS, fuse
 from learner.head import BilinearHead, HeadConfig
 from learner.image_encoder import CachedImageEncoder, ImageEncoder
@@ -260,6 +261,24 @@ def test_approximate_ranking_uses_the_fused_vectors_and_follows_the_gate_as_it_m
         torch.from_numpy(rec._ann.index._index.reconstruct(int(r))) for r in rows
     ])  # fmt: skip
     assert torch.allclose(stored[:, : fused.shape[1]], fused, atol=1e-5)
+
+
+def test_explanations_of_image_items_add_up_and_name_the_image_part(vit: ImageEncoder) -> None:
+    rec = image_recommender(vit, mixed_catalog(), min_events=1)
+    pairs = [("u1", "a"), ("u1", "e"), ("u2", "c"), ("u2", "g"), ("u1", "g"), ("u2", "b")]
+    for n in range(4):
+        rec.learn(clicks(pairs, start=10 * n))
+    for listed in rec.recommend(["u1", "u2"], k=5):
+        for position, scored in enumerate(listed.items, 1):
+            ex = explain(rec, listed.user_id, scored.item_id)
+            assert ex.final == pytest.approx(scored.score, abs=1e-5)
+            assert ex.rank == position and ex.because == scored.because
+    for item in "abcdefgh":
+        ex = explain(rec, "u1", item)
+        parts = {p.name: p.value for p in ex.parts}
+        assert sum(parts.values()) == pytest.approx(ex.personal, abs=1e-5)
+        has_image = "aceg".find(item) >= 0
+        assert (parts["image"] != 0.0) == has_image  # the gate has opened a little
 
 
 # -- the catalog and the cache ----------------------------------------------------------------
