@@ -33,7 +33,7 @@ class ItemImages(NamedTuple):
 
 def fuse(text: Tensor, image: Tensor, present: Tensor, proj: Tensor, gate: Tensor) -> Tensor:
     """Fused content vectors: ``text + tanh(gate) * (image @ proj)`` where ``present``, else
-    ``text`` itself.
+    ``text`` itself (bit for bit).
 
     Examples
     --------
@@ -44,9 +44,16 @@ def fuse(text: Tensor, image: Tensor, present: Tensor, proj: Tensor, gate: Tenso
     >>> gate = torch.atanh(torch.tensor([0.5, 0.5]))
     >>> fuse(text, image, present, proj, gate).round(decimals=4).tolist()
     [[2.0, 1.0], [0.0, 1.0]]
+    >>> fuse(text[None], image[None], present[None], proj, gate).shape  # (batch, negatives, dim)
+    torch.Size([1, 2, 2])
     """
-    mixed = text + torch.tanh(gate) * (image @ proj)
-    return torch.where(present.unsqueeze(-1), mixed, text)
+    # Only rows with an image are projected (a catalog may have few), and the others are
+    # copied unchanged. Any leading shape works: (rows, dim) or (batch, negatives, dim).
+    flat = text.reshape(-1, text.shape[-1])
+    where = torch.nonzero(present.reshape(-1)).squeeze(-1)
+    images = image.reshape(-1, image.shape[-1]).index_select(0, where)
+    added = torch.tanh(gate) * (images @ proj)
+    return flat.index_add(0, where, added).reshape(text.shape)
 
 
 class ImageFusion:
