@@ -32,6 +32,7 @@ from consumer.worker import Worker
 from learner.ann import set_threads as set_ann_threads
 from learner.encoder import CachedEncoder, TextEncoder
 from learner.head import HeadConfig
+from learner.image_encoder import CachedImageEncoder, ImageEncoder
 from learner.recommender import ModelConfig, Recommender
 from learner.rules import Rules
 from serving.metrics import WorkerMetrics
@@ -75,7 +76,21 @@ def build_recommender(config: WorkerConfig, rules: Rules | None = None) -> Recom
             seed=config.seed,
         ),
     )
-    return Recommender(CachedEncoder(encoder), model)
+    images = None
+    if config.image_encoder:
+        image_encoder = ImageEncoder(
+            config.image_encoder,
+            device=config.device,
+            batch_size=config.image_encoder_batch_size or None,
+        )
+        log.info(
+            "image encoder %s on %s (dim %d)",
+            image_encoder.name,
+            image_encoder.device,
+            image_encoder.dim,
+        )
+        images = CachedImageEncoder(image_encoder)
+    return Recommender(CachedEncoder(encoder), model, image_encoder=images)
 
 
 def kafka_producer(config: WorkerConfig, **overrides: Any) -> Any:
@@ -288,7 +303,8 @@ def build_worker(
         model_sync = ModelSync(
             recommender.head,
             worker_id,
-            recommender.encoder.name,
+            # Text and image encoders: heads fused over other image vectors do not average.
+            recommender.encoder_name,
             KafkaSnapshotFeed(_consumer(config, group_id=None), config.model_topic),
             # Its own plain producer: snapshots stay outside exactly-once transactions.
             KafkaSnapshotSender(kafka_producer(config), config.model_topic),

@@ -275,6 +275,17 @@ class WorkerConfig:
         "profiles)",
     )
 
+    # -- image modality (issue 7, item 1) ------------------------------------------------------
+    # learner/image_encoder.py loads the model; the head fuses image and text (learner/fusion.py).
+    image_encoder: str = _setting(
+        "",
+        "Hugging Face vision model directory (CLIP, ViT, ...): items with image bytes also get "
+        "an image embedding, fused with the text one in the head (empty: text only)",
+    )
+    image_encoder_batch_size: int = _setting(
+        0, "most images per image encoder batch (0: 32 on CPU, 256 on CUDA)"
+    )
+
     # -- diversity: MMR re-ranking of each published list (issue 7, item 4) --------------------
     # learner/rerank.py; the [rules] table of the config file (business rules, item 5) is
     # parsed by consumer/config_file.py and applied in the same greedy selection.

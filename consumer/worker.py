@@ -484,7 +484,17 @@ class Worker:
             latest[decoded.item_id] = decoded
         upserts = [it for it in latest.values() if isinstance(it, Item)]
         deletions = [it.item_id for it in latest.values() if isinstance(it, ItemDeletion)]
-        stored = self.recommender.upsert_items(upserts)
+        report = self.recommender.upsert_items_report(upserts)
+        stored = report.stored
+        for item_id, reason in report.bad_images:
+            # The item itself is valid and ranks by its text: stored, not dead-lettered.
+            self.metrics.item_images_invalid.inc()
+            log.warning(
+                "item %r stored without its image: %s",
+                item_id[:64],
+                reason,
+                extra={"event": "bad_image", "item_id": item_id[:64], "reason": reason},
+            )
         removed = self.recommender.delete_items(deletions)
         self.metrics.items_updated.labels(op="upsert").inc(stored)
         self.metrics.items_updated.labels(op="delete").inc(removed)

@@ -15,7 +15,9 @@ touched them), new rows, and rows whose bias a head step moved (a step moves ``�
 of the same rows). Every ``delta_check_steps`` head steps it also compares a fingerprint of all
 ``δ`` rows, so a change to ``δ`` alone is picked up too. Deleted rows leave the index; the
 k-means lists are trained again only when the live catalog has grown or shrunk by
-``rebuild_growth`` since they were.
+``rebuild_growth`` since they were. With image fusion the fingerprint is of ``e_v + δ_v``: a
+step that moves the fusion's gate or projection moves every image item's vector, and the next
+periodic check re-indexes them.
 
 Examples
 --------
@@ -267,9 +269,13 @@ class CatalogIndex:
         n_live = int(live.sum())
         head.ensure_capacity(n)
 
+        images = table.image_view()
+
         def vectors_of(rows: Tensor) -> Tensor:
             r = rows.to(table.device)
-            return mips_items(table.embeddings[r] + head.delta[r], head.bias[r]).cpu()
+            with torch.no_grad():
+                x = head.vectors_at(table.embeddings, r, images)
+            return mips_items(x, head.bias[r]).cpu()
 
         growth = self.config.rebuild_growth
         if (
@@ -283,7 +289,7 @@ class CatalogIndex:
             self._version, self._rows = table.version, n
             self._bias = head.bias[:n].cpu().clone()
             self._indexed = live.clone()
-            self._fingerprint = self._delta_fingerprint(head, n)
+            self._fingerprint = self._delta_fingerprint(head, n, table=table)
             self._checked_steps = head.steps
             return
         parts = [torch.arange(self._rows, n)]
@@ -294,7 +300,7 @@ class CatalogIndex:
         if self.config.delta_check_steps and (
             head.steps - self._checked_steps >= self.config.delta_check_steps
         ):
-            fingerprint = self._delta_fingerprint(head, n)
+            fingerprint = self._delta_fingerprint(head, n, table=table)
             moved = (fingerprint[:seen] - self._fingerprint[:seen]).abs() > 1e-6 * (
                 1.0 + self._fingerprint[:seen].abs()
             )
@@ -313,7 +319,7 @@ class CatalogIndex:
             self._fingerprint = grown
         if changed.numel() == 0:
             return
-        self._fingerprint[changed] = self._delta_fingerprint(head, n, changed)
+        self._fingerprint[changed] = self._delta_fingerprint(head, n, changed, table=table)
         self.index.remove(changed[self._indexed[changed]])
         add = changed[live[changed]]
         self.index.add(add, vectors_of(add))
@@ -327,11 +333,24 @@ class CatalogIndex:
             return torch.full((queries.shape[0], k), -1, dtype=torch.long)
         return self.index.search(queries, k)
 
-    def _delta_fingerprint(self, head: BilinearHead, n: int, rows: Tensor | None = None) -> Tensor:
+    def _delta_fingerprint(
+        self,
+        head: BilinearHead,
+        n: int,
+        rows: Tensor | None = None,
+        *,
+        table: ItemTable | None = None,
+    ) -> Tensor:
         """One number per row (rows ``0..n-1``, or ``rows``), ``δ_v · r`` for a fixed random
-        ``r``: it moves when ``δ_v`` does."""
+        ``r``: it moves when ``δ_v`` does. With image fusion it is ``(e_v + δ_v) · r``, which
+        also moves when the fusion's parameters move the image items' content vectors."""
         if self._probe is None or self._probe.numel() != head.dim:
             g = torch.Generator().manual_seed(self.config.seed + 1)
             self._probe = torch.randn(head.dim, generator=g)
+        if head.fusion is not None and table is not None:
+            r = torch.arange(n) if rows is None else rows
+            with torch.no_grad():
+                x = head.vectors_at(table.embeddings, r.to(table.device), table.image_view())
+            return (x @ self._probe.to(x.device)).cpu()
         delta = head.delta[:n] if rows is None else head.delta[rows.to(head.delta.device)]
         return (delta @ self._probe.to(delta.device)).cpu()

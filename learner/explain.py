@@ -135,6 +135,10 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
         mix = rec.head.mixing(counts)[0]
         q = rec.head.query(vector)[0]
         e = rec.items.embeddings[col]
+        # With image fusion the content vector is text + gated image; the image's share is a
+        # part of its own (zero for items without an image, absent without an image encoder).
+        images = rec.items.image_view()
+        e_fused = rec.head.content(rec.items.embeddings, torch.tensor([col]), images)[0]
         rec.head.ensure_capacity(n)
         delta = rec.head.delta[col]
         names = []
@@ -148,6 +152,15 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
             Part("learned offset", float(mix[0] * (q @ delta)), "the item's collaborative offset"),
             Part("item bias", float(rec.head.bias[col])),
         ]
+        if rec.head.fusion is not None:
+            parts.insert(
+                1,
+                Part(
+                    "image",
+                    float(mix[0] * (q @ (e_fused - e))),
+                    "user · the item's gated, projected image vector",
+                ),
+            )
         for s_i, (name, signal) in enumerate(zip(names, signals, strict=True)):
             value = signal.expand(1, -1)[0, col] if signal.dim() == 2 else signal[col]
             parts.append(Part(name, float(mix[1 + s_i] * value)))
@@ -203,8 +216,9 @@ def _history(rec: Recommender, row: int, col: int, top: int) -> list[HistoryCont
     age_s = (ts.max() - ts).double() / 1000.0
     w = w_raw * torch.exp2(-age_s / cfg.user_half_life_s).float()
     mix = rec.head.mixing(torch.tensor([int(present.sum())], device=rec.device))[0]
-    x_hist = rec.items.embeddings[h] + rec.head.delta[h]
-    x_item = rec.items.embeddings[col] + rec.head.delta[col]
+    images = rec.items.image_view()
+    x_hist = rec.head.vectors_at(rec.items.embeddings, h, images)
+    x_item = rec.head.vectors_at(rec.items.embeddings, torch.tensor([col]), images)[0]
     bilinear = rec.head.query(x_hist) @ x_item
     content = mix[0] * w / w.sum().clamp(min=1e-12) * bilinear
     cooc = torch.zeros_like(content)

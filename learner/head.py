@@ -7,6 +7,10 @@ Each weight ``w_s(n) = a_s + c_s log(1 + n)`` depends on the user's history leng
 head learns how far to trust each signal for new and for long-standing users. ``δ_v`` (a per-item
 offset) and ``b_v`` (a per-item bias) are updated sparsely: a step touches only the rows of the
 items in its batch, so its cost does not grow with the catalog.
+
+With ``image_dim`` the content vector ``e_v`` is the text embedding fused with the item's image
+embedding by a learned gate and projection (``learner/fusion.py``), trained in the same step;
+items without an image keep the text embedding as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from learner.fusion import FUSION_PARAMS, ImageFusion, ItemImages
 
 __all__ = ["BilinearHead", "HeadConfig", "bpr_loss"]
 
@@ -71,6 +77,7 @@ class BilinearHead:
         capacity: int = 1024,
         signal_init: tuple[float, ...] = (),
         bilinear_init: float = 1.0,
+        image_dim: int = 0,
     ) -> None:
         self.config = config or HeadConfig()
         self.n_signals = len(signal_init)
@@ -87,15 +94,24 @@ class BilinearHead:
         init = torch.zeros((1 + self.n_signals, 2))
         init[:, 0] = torch.tensor((bilinear_init, *signal_init))
         self.mix = torch.nn.Parameter(init.to(self.device))
-        self.optimizer = torch.optim.Adam([self.U, self.V, self.mix], lr=self.config.lr)
+        # The image side (image_dim 0: none); its parameters train in the same Adam step.
+        self.fusion: ImageFusion | None = None
+        params = [self.U, self.V, self.mix]
+        if image_dim:
+            self.fusion = ImageFusion(dim, image_dim, device=self.device, seed=self.config.seed + 1)
+            params.extend(self.fusion.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr)
         self.delta = torch.zeros((capacity, dim), device=self.device)
         self.bias = torch.zeros(capacity, device=self.device)
         self.steps = 0
 
     def shared_state(self) -> dict[str, np.ndarray]:
-        """The parameters workers share and average (``U``, ``V``, the mixing weights), as
-        float32 arrays. The per-item offsets and biases stay with each worker: they are
-        catalog-sized and keyed by rows that are local to a process.
+        """The parameters workers share and average (``U``, ``V``, the mixing weights, and with
+        images the fusion's ``image_proj`` and ``image_gate``), as float32 arrays. The per-item
+        offsets and biases stay with each worker: they are catalog-sized and keyed by rows that
+        are local to a process. A head with images and one without have different names, so
+        neither averages the other's parameters in (``consumer/model_sync.py`` checks names and
+        shapes).
 
         Examples
         --------
@@ -104,21 +120,47 @@ class BilinearHead:
         >>> bool(torch.equal(a.U, b.U))
         True
         """
-        return {
+        state = {
             name: getattr(self, name).detach().cpu().numpy().astype(np.float32, copy=True)
             for name in ("U", "V", "mix")
         }
+        if self.fusion is not None:
+            state.update(self.fusion.shared_state())
+        return state
 
     def load_shared(self, states: Sequence[Mapping[str, np.ndarray]]) -> None:
         """Set the shared parameters to the mean of ``states`` (each like
         :meth:`shared_state`); the optimiser's moments are kept."""
+        names: tuple[str, ...] = ("U", "V", "mix")
+        if self.fusion is not None:
+            names += FUSION_PARAMS
+        for st in states:
+            if set(st) != set(names):
+                raise ValueError(f"shared parameters {sorted(st)} are not {sorted(names)}")
         with torch.no_grad():
-            for name in ("U", "V", "mix"):
+            for name in names:
                 mean = np.mean([np.asarray(st[name], dtype=np.float32) for st in states], axis=0)
-                param = getattr(self, name)
+                param = self._param(name)
                 if tuple(mean.shape) != tuple(param.shape):
                     raise ValueError(f"{name}: shape {mean.shape} is not {tuple(param.shape)}")
                 param.copy_(torch.from_numpy(mean).to(param.device))
+
+    def _param(self, name: str) -> torch.nn.Parameter:
+        if name in FUSION_PARAMS:
+            assert self.fusion is not None
+            return self.fusion.param(name)
+        param: torch.nn.Parameter = getattr(self, name)
+        return param
+
+    def content(
+        self, embeddings: Tensor, rows: Tensor | slice, images: ItemImages | None = None
+    ) -> Tensor:
+        """The content vectors ``e_v`` of ``rows``: the text embeddings, fused with the image
+        embeddings when the head has an image side and ``images`` are given."""
+        x = embeddings[rows]
+        if self.fusion is None or images is None:
+            return x
+        return self.fusion(x, images.vectors[rows], images.present[rows])
 
     def ensure_capacity(self, n: int) -> None:
         cap = self.delta.shape[0]
@@ -131,10 +173,18 @@ class BilinearHead:
         bias[:cap] = self.bias
         self.delta, self.bias = delta, bias
 
-    def item_vectors(self, embeddings: Tensor, num_rows: int) -> Tensor:
+    def item_vectors(
+        self, embeddings: Tensor, num_rows: int, images: ItemImages | None = None
+    ) -> Tensor:
         """``e_v + δ_v`` for rows ``0..num_rows-1``."""
         self.ensure_capacity(num_rows)
-        return embeddings[:num_rows] + self.delta[:num_rows]
+        return self.content(embeddings, slice(0, num_rows), images) + self.delta[:num_rows]
+
+    def vectors_at(
+        self, embeddings: Tensor, rows: Tensor, images: ItemImages | None = None
+    ) -> Tensor:
+        """``e_v + δ_v`` for the item rows ``rows``."""
+        return self.content(embeddings, rows, images) + self.delta[rows]
 
     def query(self, user_vectors: Tensor) -> Tensor:
         """``ĥ_u W`` for a batch of (un-normalised) user vectors."""
@@ -153,6 +203,7 @@ class BilinearHead:
         num_rows: int,
         signals: Sequence[Tensor] = (),
         history_len: Tensor | None = None,
+        images: ItemImages | None = None,
     ) -> Tensor:
         """Scores of every item row for each user: shape ``(users, num_rows)``.
 
@@ -160,7 +211,7 @@ class BilinearHead:
         """
         with torch.no_grad():
             q = self.query(user_vectors)
-            bil = q @ self.item_vectors(embeddings, num_rows).T
+            bil = q @ self.item_vectors(embeddings, num_rows, images).T
             if history_len is None:
                 history_len = torch.zeros(user_vectors.shape[0], device=self.device)
             w = self.mixing(history_len)
@@ -182,13 +233,16 @@ class BilinearHead:
         pos_signals: Tensor | None,
         neg_signals: Tensor | None,
         history_len: Tensor | None,
+        images: ItemImages | None = None,
     ) -> tuple[Tensor, Tensor]:
         q = self.query(user_vectors)
         if history_len is None:
             history_len = torch.zeros(user_vectors.shape[0], device=self.device)
         w = self.mixing(history_len)
-        s_pos = w[:, 0] * (q * (embeddings[pos_rows] + d_pos)).sum(-1) + b_pos
-        s_neg = w[:, :1] * torch.einsum("bd,bnd->bn", q, embeddings[neg_rows] + d_neg) + b_neg
+        e_pos = self.content(embeddings, pos_rows, images)
+        e_neg = self.content(embeddings, neg_rows, images)
+        s_pos = w[:, 0] * (q * (e_pos + d_pos)).sum(-1) + b_pos
+        s_neg = w[:, :1] * torch.einsum("bd,bnd->bn", q, e_neg + d_neg) + b_neg
         if self.n_signals:
             assert pos_signals is not None and neg_signals is not None
             s_pos = s_pos + (w[:, 1:] * pos_signals).sum(-1)
@@ -204,6 +258,7 @@ class BilinearHead:
         pos_signals: Tensor | None = None,
         neg_signals: Tensor | None = None,
         history_len: Tensor | None = None,
+        images: ItemImages | None = None,
     ) -> Tensor:
         """Mean BPR loss of a batch, without updating anything (for tests and monitoring)."""
         with torch.no_grad():
@@ -219,6 +274,7 @@ class BilinearHead:
                 pos_signals,
                 neg_signals,
                 history_len,
+                images,
             )
             return bpr_loss(s_pos, s_neg) / max(1, s_neg.numel())
 
@@ -253,6 +309,7 @@ class BilinearHead:
         pos_signals: Tensor | None = None,
         neg_signals: Tensor | None = None,
         history_len: Tensor | None = None,
+        images: ItemImages | None = None,
     ) -> float:
         """One optimiser step of BPR on a batch; returns the mean loss before the step.
 
@@ -280,6 +337,7 @@ class BilinearHead:
             pos_signals,
             neg_signals,
             history_len,
+            images,
         )
         n_pairs = s_neg.numel()
         data_loss = bpr_loss(s_pos, s_neg)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from learner.exceptions import UnknownItemError
+from learner.fusion import ItemImages
 
 __all__ = ["ItemTable"]
 
@@ -27,12 +28,32 @@ class ItemTable:
     (1, 1)
     >>> table.row_of("b"), table.ids[1], "a" in table
     (1, 'b', False)
+
+    With ``image_dim`` it also holds each item's frozen image embedding, zero (and not
+    ``present``) for items without an image:
+
+    >>> table = ItemTable(dim=2, image_dim=3)
+    >>> _ = table.upsert(["a", "b"], torch.eye(2), torch.ones(2, 3), torch.tensor([True, False]))
+    >>> table.image_view().present[:2].tolist(), table.image_view().vectors[1].tolist()
+    ([True, False], [0.0, 0.0, 0.0])
     """
 
-    def __init__(self, dim: int, *, device: torch.device | str = "cpu", capacity: int = 1024):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        device: torch.device | str = "cpu",
+        capacity: int = 1024,
+        image_dim: int = 0,
+    ):
         self.dim = dim
+        self.image_dim = image_dim
         self.device = torch.device(device)
         self.embeddings = torch.zeros((capacity, dim), device=self.device)
+        # Image embeddings (image_dim 0: no image side at all) and which rows have one.
+        rows = capacity if image_dim else 0
+        self.images = torch.zeros((rows, image_dim), device=self.device)
+        self.has_image = torch.zeros(rows, dtype=torch.bool, device=self.device)
         self.active = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.ids: list[str] = []
         self._rows: dict[str, int] = {}
@@ -75,8 +96,24 @@ class ItemTable:
         """The row of an item live or deleted (rows are never reused), or None if never seen."""
         return self._rows.get(item_id)
 
-    def upsert(self, item_ids: Sequence[str], embeddings: Tensor) -> Tensor:
-        """Add new items or replace the embeddings of known ones; returns their rows."""
+    def image_view(self) -> ItemImages | None:
+        """The image embeddings and their presence, or None when the table has no image side."""
+        if not self.image_dim:
+            return None
+        return ItemImages(self.images, self.has_image)
+
+    def upsert(
+        self,
+        item_ids: Sequence[str],
+        embeddings: Tensor,
+        images: Tensor | None = None,
+        has_image: Tensor | None = None,
+    ) -> Tensor:
+        """Add new items or replace the embeddings of known ones; returns their rows.
+
+        ``images`` ``(n, image_dim)`` and ``has_image`` ``(n,)`` replace the image side of these
+        rows (a table with ``image_dim`` and no ``images`` given marks them image-less).
+        """
         rows = []
         for item_id in item_ids:
             row = self._rows.get(item_id)
@@ -89,6 +126,19 @@ class ItemTable:
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         if rows:
             self.embeddings[idx] = embeddings.to(self.device, torch.float32)
+            if self.image_dim:
+                present = (
+                    torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+                    if has_image is None
+                    else has_image.to(self.device, torch.bool)
+                )
+                vecs = (
+                    torch.zeros((len(rows), self.image_dim), device=self.device)
+                    if images is None
+                    else images.to(self.device, torch.float32)
+                )
+                self.images[idx] = vecs * present.unsqueeze(-1)
+                self.has_image[idx] = present
             self.active[idx] = True
             self.version += 1
             self.row_version[idx] = self.version
@@ -131,4 +181,10 @@ class ItemTable:
         active[: self.capacity] = self.active
         row_version = torch.zeros(new_cap, dtype=torch.int64, device=self.device)
         row_version[: self.capacity] = self.row_version
+        if self.image_dim:
+            images = torch.zeros((new_cap, self.image_dim), device=self.device)
+            images[: self.capacity] = self.images
+            has_image = torch.zeros(new_cap, dtype=torch.bool, device=self.device)
+            has_image[: self.capacity] = self.has_image
+            self.images, self.has_image = images, has_image
         self.embeddings, self.active, self.row_version = grown, active, row_version

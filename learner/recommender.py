@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from torch import Tensor
 from learner.ann import AnnConfig, CatalogIndex, mips_queries
 from learner.cooccurrence import CoOccurrence
 from learner.head import BilinearHead, HeadConfig
+from learner.image_encoder import ImageEncoding
 from learner.item_table import ItemTable
 from learner.popularity import TrendingPopularity
 from learner.profiles import ProfileTable, profile_share, profile_text
@@ -43,7 +45,14 @@ from learner.rules import RuleIndex, Rules
 from learner.types import Event, Item, ScoredItem, Strategy, UserProfile, UserRecommendation
 from learner.user_state import EventWeights, UserSnapshot, UserStateStore, event_id_hash
 
-__all__ = ["Encoder", "LearnReport", "ModelConfig", "Recommender"]
+__all__ = [
+    "Encoder",
+    "ImageEncoderLike",
+    "LearnReport",
+    "ModelConfig",
+    "Recommender",
+    "UpsertReport",
+]
 
 DAY_S = 86_400.0
 # Exact scoring takes users in chunks whose (users, items) score matrix stays under this many
@@ -69,6 +78,19 @@ class Encoder(Protocol):
     def device(self) -> torch.device: ...
 
     def encode(self, texts: Sequence[str]) -> Tensor: ...
+
+
+class ImageEncoderLike(Protocol):
+    """What the recommender needs of an image encoder (``ImageEncoder`` /
+    ``CachedImageEncoder``): images that fail come back with ``ok`` false and a reason."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, images: Sequence[bytes]) -> ImageEncoding: ...
 
 
 @dataclass(frozen=True)
@@ -138,18 +160,35 @@ class LearnReport:
     duplicates: int = 0
 
 
+@dataclass(frozen=True)
+class UpsertReport:
+    """What one ``upsert_items_report`` call did: items stored, and ``(item_id, reason)`` for
+    each item whose image did not decode (stored without an image embedding)."""
+
+    stored: int
+    bad_images: tuple[tuple[str, str], ...] = ()
+
+
 class Recommender:
     """Hybrid content + collaborative recommender updated online, one micro-batch at a time."""
 
     # The approximate top-K index, built on first use once the catalog is large enough.
     _ann: CatalogIndex | None = None
 
-    def __init__(self, encoder: Encoder, config: ModelConfig | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        config: ModelConfig | None = None,
+        *,
+        image_encoder: ImageEncoderLike | None = None,
+    ) -> None:
         self.encoder = encoder
+        self.image_encoder = image_encoder
         self.config = config or ModelConfig()
         self.device = encoder.device
         dim = encoder.dim
-        self.items = ItemTable(dim, device=self.device)
+        image_dim = 0 if image_encoder is None else image_encoder.dim
+        self.items = ItemTable(dim, device=self.device, image_dim=image_dim)
         self.users = UserStateStore(
             dim,
             half_life_s=self.config.user_half_life_s,
@@ -171,10 +210,12 @@ class Recommender:
             device=self.device,
             signal_init=tuple(init),
             bilinear_init=self.config.bilinear_init,
+            image_dim=image_dim,
         )
         self.trending = TrendingPopularity(self.config.trending_half_life_s, device=self.device)
         self.profiles = ProfileTable(dim, device=self.device)
         self._texts: dict[str, str] = {}
+        self._image_keys: dict[str, str | None] = {}  # hash of each item's image bytes
         self._pending: list[tuple[Tensor, ...]] = []
         self._pending_pairs = 0
         self._x_cache: tuple[tuple[int, int], Tensor] | None = None
@@ -187,32 +228,82 @@ class Recommender:
     # -- catalog -------------------------------------------------------------------------
 
     @property
+    def encoder_name(self) -> str:
+        """The frozen encoders' names: the text encoder's, then ``+`` the image encoder's."""
+        if self.image_encoder is None:
+            return self.encoder.name
+        return f"{self.encoder.name}+{self.image_encoder.name}"
+
+    @property
     def model_version(self) -> str:
-        return f"{self.encoder.name}/head-{self.head.steps}"
+        return f"{self.encoder_name}/head-{self.head.steps}"
 
     def upsert_items(self, items: Sequence[Item]) -> int:
         """Add or update items; only new or changed texts are encoded. Returns items stored."""
+        return self.upsert_items_report(items).stored
+
+    def upsert_items_report(self, items: Sequence[Item]) -> UpsertReport:
+        """:meth:`upsert_items`, reporting also the items whose image did not decode.
+
+        Without an image encoder, images are ignored. With one, an item is re-encoded when its
+        text or its image bytes change; one whose image does not decode is stored with its text
+        embedding only (and ranks like an item without an image).
+        """
         latest = {item.item_id: item for item in items}  # the last version in a batch wins
+        with_images = self.image_encoder is not None
+        image_keys = {
+            it.item_id: None if it.image is None else hashlib.sha256(it.image).hexdigest()
+            for it in (latest.values() if with_images else ())
+        }
         changed = [
             it
             for it in latest.values()
-            if self._texts.get(it.item_id) != it.text or (it.item_id not in self.items)
+            if self._texts.get(it.item_id) != it.text
+            or (it.item_id not in self.items)
+            or (with_images and self._image_keys.get(it.item_id) != image_keys[it.item_id])
         ]
         if not changed:
-            return 0
+            return UpsertReport(0)
         vectors = self.encoder.encode([it.text for it in changed])
-        rows = self.items.upsert([it.item_id for it in changed], vectors)
+        images, present, bad = self._encode_images(changed)
+        rows = self.items.upsert([it.item_id for it in changed], vectors, images, present)
         self.head.ensure_capacity(self.items.capacity)
         if self.rules is not None:
             self.rules.update(rows.tolist(), changed)
         for it in changed:
             self._texts[it.item_id] = it.text
-        return int(rows.numel())
+            if with_images:
+                self._image_keys[it.item_id] = image_keys[it.item_id]
+        return UpsertReport(int(rows.numel()), bad)
+
+    def _encode_images(
+        self, items: Sequence[Item]
+    ) -> tuple[Tensor | None, Tensor | None, tuple[tuple[str, str], ...]]:
+        """Image vectors ``(n, image_dim)`` and presence ``(n,)`` of ``items`` (None without an
+        image encoder), and ``(item_id, reason)`` of the images that did not decode."""
+        if self.image_encoder is None:
+            return None, None, ()
+        where = [j for j, it in enumerate(items) if it.image is not None]
+        vectors = torch.zeros((len(items), self.image_encoder.dim), device=self.device)
+        present = torch.zeros(len(items), dtype=torch.bool, device=self.device)
+        if not where:
+            return vectors, present, ()
+        result = self.image_encoder.encode([items[j].image or b"" for j in where])
+        idx = torch.tensor(where, dtype=torch.long, device=self.device)
+        vectors[idx] = result.vectors.to(self.device, torch.float32)
+        present[idx] = result.ok.to(self.device)
+        bad = tuple(
+            (items[j].item_id, err)
+            for j, err in zip(where, result.errors, strict=True)
+            if err is not None
+        )
+        return vectors, present, bad
 
     def delete_items(self, item_ids: Sequence[str]) -> int:
         """Remove items from the catalog; they are never recommended again until re-added."""
         for item_id in item_ids:
             self._texts.pop(item_id, None)
+            self._image_keys.pop(item_id, None)
         return self.items.delete(item_ids)
 
     # -- profiles ------------------------------------------------------------------------
@@ -308,7 +399,8 @@ class Recommender:
                 loss, pairs = self._train_step()
         if self.cooc is not None:
             self._observe_cooccurrence(known, user_rows, items, weights)
-        x = self.items.embeddings[items] + self.head.delta[items]  # e_v + δ_v of these rows
+        with torch.no_grad():  # e_v + δ_v of these rows
+            x = self.head.vectors_at(self.items.embeddings, items, self.items.image_view())
         self.users.fold(user_rows, items, x, weights, ts, event_hashes=known_hashes)
         self.trending.observe(items, weights, ts)
         return LearnReport(len(known), pairs, loss, tuple(unknown), duplicates)
@@ -454,6 +546,7 @@ class Recommender:
             pos_sig if self.head.n_signals else None,
             neg_sig if self.head.n_signals else None,
             counts,
+            self.items.image_view(),
         )
         self._x_cache = None
         return loss, int(neg.numel())
@@ -513,7 +606,9 @@ class Recommender:
         key = (self.items.version, self.head.steps)
         if self._x_cache is None or self._x_cache[0] != key:
             n = self.items.num_rows
-            self._x_cache = (key, self.head.item_vectors(self.items.embeddings, n))
+            with torch.no_grad():
+                x = self.head.item_vectors(self.items.embeddings, n, self.items.image_view())
+            self._x_cache = (key, x)
         return self._x_cache[1]
 
     def recommend(
@@ -805,7 +900,12 @@ class Recommender:
 
         # Exactly the terms and order of _personal_scores, at the candidates only.
         flat = safe.reshape(-1)
-        x = self.items.embeddings.index_select(0, flat).add_(self.head.delta.index_select(0, flat))
+        if self.head.fusion is None:
+            x = self.items.embeddings.index_select(0, flat).add_(
+                self.head.delta.index_select(0, flat)
+            )
+        else:
+            x = self.head.vectors_at(self.items.embeddings, flat, self.items.image_view())
         bilinear = torch.bmm(x.view(u, -1, x.shape[-1]), q.unsqueeze(-1)).squeeze(-1)
         scores = w[:, :1] * bilinear + self.head.bias[safe]
         for s_i, sig in enumerate(signals):
@@ -886,7 +986,7 @@ class Recommender:
         distinct, where = torch.unique(
             torch.cat([hist.clamp(min=0).reshape(-1), cols.reshape(-1)]), return_inverse=True
         )
-        x = self.items.embeddings[distinct] + self.head.delta[distinct]
+        x = self.head.vectors_at(self.items.embeddings, distinct, self.items.image_view())
         q = self.head.query(x)[where[: hist.numel()]].view(b, h_len, -1)  # history as users
         bilinear = torch.bmm(q, x[where[hist.numel() :]].view(b, k, -1).transpose(1, 2))
         contrib = (mix[:, :1] * w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)).unsqueeze(

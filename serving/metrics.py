@@ -46,6 +46,11 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.item_images_invalid = Counter(
+            "freshrec_item_images_invalid_total",
+            "Item images that did not decode (the item is stored with its text embedding only)",
+            registry=r,
+        )
         self.items_updated = Counter(
             "freshrec_items_updated_total", "Item upserts and deletions applied", ["op"], registry=r
         )

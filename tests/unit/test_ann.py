@@ -340,7 +340,8 @@ def test_hard_negatives_from_ann_candidates_are_the_users_top_items_without_the_
     top = rec.recommend(users[:-1], rec.config.hard_negative_pool + 1, explain=False, min_events=1)
     ann_on(rec)
     pos = torch.tensor([rec.items.find(r.items[0].item_id) for r in top])  # a top item as positive
-    hard = rec._hard_negatives_ann(user_rows, pos, torch.zeros_like(pos), count=30)
+    vectors = rec.users.vectors[user_rows]  # no profiles: ranking scores users by these
+    hard = rec._hard_negatives_ann(user_rows, vectors, pos, torch.zeros_like(pos), count=30)
     for i, listed in enumerate(top):
         pool = {rec.items.find(it.item_id) for it in listed.items} - {int(pos[i])}
         assert set(hard[i].tolist()) <= pool
