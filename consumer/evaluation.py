@@ -44,8 +44,14 @@ def run_evaluation(
     tune_models: bool = True,
     progress: bool = True,
     torch_threads: int = 1,
+    encoder_dir: str | None = None,
 ) -> list[EvalResult]:
-    """Tune (unless told not to), evaluate and write ``metrics.json``, ``results.md``, the plot."""
+    """Tune (unless told not to), evaluate and write ``metrics.json``, ``results.md``, the plot.
+
+    ``encoder_dir`` replaces the default encoder; one written by ``freshrec finetune`` must have
+    been trained within the tuning part of this very stream (else :class:`EncoderError`).
+    """
+    from consumer.finetuning import check_no_leak, read_metadata
     from consumer.replay import load_dataset
 
     unknown = [m for m in models if m not in MODEL_NAMES]
@@ -56,7 +62,9 @@ def run_evaluation(
     items, events = load_dataset(dataset)
     if events_limit:
         events = events[:events_limit]
-    encoder = CachedEncoder(TextEncoder(device=device))
+    if encoder_dir:
+        check_no_leak(read_metadata(encoder_dir), dataset=dataset, n_events=len(events))
+    encoder = CachedEncoder(TextEncoder(encoder_dir or None, device=device))
     log.info("encoding %d item texts once with %s", len(items), encoder.name)
     encoder.encode([it.text for it in items])  # warm the cache: every model reuses it
     specs = model_specs(encoder, seed=seed)
