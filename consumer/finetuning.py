@@ -117,8 +117,13 @@ def run_finetune(
     torch_device = resolve_device(device)
     log.info(
         "fine-tuning the top %d layers of %s on %d of %d events (%d pairs) on %s",
-        cfg.layers, base, n_train, len(events), len(pairs), torch_device,
-    )  # fmt: skip
+        cfg.layers,
+        base,
+        n_train,
+        len(events),
+        len(pairs),
+        torch_device,
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     # fp32 whatever the device: the trained layers' updates are small.
     model = AutoModel.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
@@ -152,8 +157,12 @@ def run_finetune(
     meta = write_encoder_dir(model, tokenizer, out, metadata)
     log.info(
         "wrote %s: %d steps in %.0fs, loss %.3f -> %.3f",
-        out, report.steps, report.seconds, meta["loss_first_tenth"], meta["loss_last_tenth"],
-    )  # fmt: skip
+        out,
+        report.steps,
+        report.seconds,
+        meta["loss_first_tenth"],
+        meta["loss_last_tenth"],
+    )
     return report, meta
 
 

@@ -234,8 +234,9 @@ class _FrozenPrefix:
         """Embeddings of the texts at positions ``keys``, through the top layers, with grad."""
         seqs = [self.rows[k] for k in keys]
         width = max(s.shape[0] for s in seqs)
-        hidden = torch.zeros((len(seqs), width, seqs[0].shape[1]), device=self.device,
-                             dtype=seqs[0].dtype)  # fmt: skip
+        hidden = torch.zeros(
+            (len(seqs), width, seqs[0].shape[1]), device=self.device, dtype=seqs[0].dtype
+        )
         mask = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
         for r, s in enumerate(seqs):
             hidden[r, : s.shape[0]] = s
