@@ -7,7 +7,12 @@ partition ``p``; a null value forgets the user):
 
 ``{v:1, user_id:str, vector:bytes (float32 LE), last_ts:int ms, count:int,
 history:[[item_id:str, weight:float, ts:int ms], ...] oldest first, consumed:[item_id:str, ...],
-seen:[int, ...] (hashes of the last event ids)}``
+seen:[int, ...] (hashes of the last event ids), encoder:str (optional: the encoder whose space
+vector is in)}``
+
+A worker restoring a record of another encoder (one restarted with a new ``--encoder-dir``)
+keeps the history, counts and consumed items and rebuilds the vector from the history in its
+own encoder's space (``Recommender.restore_users``).
 
 Examples
 --------
@@ -55,6 +60,7 @@ def encode_state(snap: UserSnapshot) -> bytes:
             "history": [list(entry) for entry in snap.history],
             "consumed": list(snap.consumed),
             "seen": list(snap.seen),
+            "encoder": snap.encoder,
         },
         use_bin_type=True,
     )
@@ -74,6 +80,7 @@ def decode_state(value: bytes) -> UserSnapshot:
             history=tuple((str(i), float(w), int(t)) for i, w, t in obj["history"]),
             consumed=tuple(str(i) for i in obj["consumed"]),
             seen=tuple(int(h) for h in obj["seen"]),
+            encoder=str(obj.get("encoder", "")),
         )
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as err:
         raise ValueError(f"unreadable user-state record: {err}") from err

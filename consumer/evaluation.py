@@ -53,6 +53,7 @@ def run_evaluation(
     progress: bool = True,
     torch_threads: int = 1,
     diversity: Sequence[float] = (0.0,),
+    encoder_dir: str | None = None,
 ) -> list[EvalResult]:
     """Tune (unless told not to), evaluate and write ``metrics.json``, ``results.md``, the plot.
 
@@ -60,8 +61,11 @@ def run_evaluation(
     ``freshrec+mmr0.2`` for lambda 0.2), with the hyper-parameters tuned at lambda 0; with more
     than one lambda the sweep's table and trade-off plot go to ``diversity.md`` and
     ``diversity_tradeoff.png``. Every list is measured for intra-list diversity and genre
-    coverage.
+    coverage. ``encoder_dir`` replaces the default encoder; one written by ``freshrec
+    finetune`` must have been trained within the tuning part of this very stream (else
+    :class:`EncoderError`).
     """
+    from consumer.finetuning import check_no_leak, read_metadata
     from consumer.replay import load_dataset, load_profiles
 
     unknown = [m for m in models if m not in MODEL_NAMES]
@@ -76,7 +80,9 @@ def run_evaluation(
     profiles = load_profiles(dataset)
     if events_limit:
         events = events[:events_limit]
-    encoder = CachedEncoder(TextEncoder(device=device))
+    if encoder_dir:
+        check_no_leak(read_metadata(encoder_dir), dataset=dataset, n_events=len(events))
+    encoder = CachedEncoder(TextEncoder(encoder_dir or None, device=device))
     log.info("encoding %d item texts once with %s", len(items), encoder.name)
     vectors = encoder.encode([it.text for it in items])  # warm the cache for every model
     features = item_features(items, vectors, GENRE_ATTRIBUTE.get(dataset, "genres"))

@@ -382,12 +382,22 @@ def _prefetch(items: Iterator[_T], depth: int) -> Generator[_T, None, None]:
         thread.join()
 
 
+# What `freshrec finetune` writes beside the weights (consumer/finetuning.py): it holds the
+# weights' hash, so a fine-tuned directory gets a name (and lists a model_version) of its own
+# although its weights file has the same size as its base's.
+_FINETUNE_METADATA = "freshrec-finetune.json"
+
+
 def _dir_fingerprint(path: Path) -> str:
-    """A short hash of the weights file's size and name, so caches key on the model."""
+    """A short hash of the weights file's size and name (and of the fine-tuning record, where
+    there is one), so caches and model versions key on the model."""
     h = hashlib.sha256()
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         h.update(f.name.encode())
         h.update(str(f.stat().st_size).encode())
+    record = path / _FINETUNE_METADATA
+    if record.is_file():
+        h.update(record.read_bytes())
     return h.hexdigest()[:12]
 
 

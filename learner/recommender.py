@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -224,6 +224,8 @@ class Recommender:
         self.rules = (
             RuleIndex(self.config.rules, device=self.device) if self.config.rules.active else None
         )
+        # Restored users whose vectors were rebuilt for this encoder (restore_users).
+        self.rederived_users = 0
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -408,19 +410,45 @@ class Recommender:
     # -- user state in and out (the changelog) -------------------------------------------
 
     def snapshot_users(self, user_ids: Sequence[str]) -> list[UserSnapshot]:
-        """The state of each known user in ``user_ids``, with item ids (not rows)."""
+        """The state of each known user in ``user_ids``, with item ids (not rows), tagged with
+        the encoder whose space the vectors live in."""
         ids = self.items.ids
+        name = self.encoder.name
         return [
-            self.users.snapshot(uid, lambda r: ids[r] if r < len(ids) else None)
+            replace(
+                self.users.snapshot(uid, lambda r: ids[r] if r < len(ids) else None), encoder=name
+            )
             for uid in dict.fromkeys(user_ids)
             if uid in self.users
         ]
 
     def restore_users(self, snapshots: Sequence[UserSnapshot], shard: int = -1) -> int:
-        """Replace (or create) users' state from snapshots; returns how many."""
+        """Replace (or create) users' state from snapshots; returns how many.
+
+        A snapshot taken under another encoder (its ``encoder`` names another one, or its
+        vector has another size) keeps its history, counts and consumed items, but its vector
+        lives in the other encoder's space: it is rebuilt from the history with this
+        catalog's item vectors (``UserStateStore.rederive``) and counted in
+        ``rederived_users``. This is what lets a worker restart with a new ``--encoder-dir``
+        without losing anyone.
+        """
+        name, dim = self.encoder.name, self.users.dim
+        moved: list[int] = []
         for snap in snapshots:
-            self.users.restore(snap, self.items.row_any, shard)
+            foreign = (snap.encoder and snap.encoder != name) or len(snap.vector) != 4 * dim
+            if foreign:
+                snap = replace(snap, vector=bytes(4 * dim))
+            row = self.users.restore(snap, self.items.row_any, shard)
+            if foreign:
+                moved.append(row)
+        if moved:
+            self.users.rederive(moved, self._item_vectors)
+            self.rederived_users += len(moved)
         return len(snapshots)
+
+    def _item_vectors(self, rows: Tensor) -> Tensor:
+        """``e_v + δ_v`` of item rows: what a user's vector sums (as in :meth:`learn`)."""
+        return self.items.embeddings[rows] + self.head.delta[rows]
 
     def _personal_scores(self, vectors: Tensor, counts: Tensor, signals: list[Tensor]) -> Tensor:
         """The head's score of every item row for each user (no blending, no masking)."""

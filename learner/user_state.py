@@ -88,7 +88,9 @@ class UserSnapshot:
 
     ``history`` is ``(item_id, weight, ts_ms)`` oldest first; ``consumed`` the older consumed
     item ids that left the history; ``seen`` the hashes of the ids of the user's last events
-    (oldest first) that make a re-delivered event a no-op.
+    (oldest first) that make a re-delivered event a no-op; ``encoder`` the name of the encoder
+    whose embedding space ``vector`` lives in ("" where unknown: a record from before it was
+    kept).
     """
 
     user_id: str
@@ -98,6 +100,7 @@ class UserSnapshot:
     history: tuple[tuple[str, float, int], ...]
     consumed: tuple[str, ...] = ()
     seen: tuple[int, ...] = ()
+    encoder: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +415,38 @@ class UserStateStore:
                 self._seen[row, n % window] = eh
         self._shard[row] = shard
         return row
+
+    def rederive(self, rows: Sequence[int], item_vectors: Callable[[Tensor], Tensor]) -> None:
+        """Rebuild the vectors of ``rows`` from their history rings: each remembered event's
+        weight, decayed from its time to the user's newest, times ``item_vectors(item rows)``.
+
+        This is what folding the remembered events in would have given with these item
+        vectors, so it moves a user into another encoder's embedding space (a restored user
+        whose vector was built with another encoder). It is exact for users whose every event
+        is in the ring (times are kept in whole seconds there); for longer histories, events
+        older than the ring are left out, the decayed tail of the sum.
+
+        Examples
+        --------
+        >>> store = UserStateStore(dim=2, half_life_s=3600.0, history_len=4)
+        >>> rows = store.rows_for(["u", "u"])
+        >>> store.fold(rows, torch.tensor([0, 1]), torch.eye(2), torch.ones(2),
+        ...            torch.tensor([0, 3_600_000]))
+        >>> store.vectors[0].tolist()
+        [0.5, 1.0]
+        >>> store.rederive([0], lambda items: torch.eye(2).flip(1)[items])  # swapped space
+        >>> store.vectors[0].tolist()
+        [1.0, 0.5]
+        """
+        if not rows:
+            return
+        hist, weights, ts_ms = self.recent(list(rows), self.history_len, with_times=True)
+        present = hist >= 0
+        where = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        age_s = (self.last_ts_ms[where].unsqueeze(1) - ts_ms).clamp(min=0).double() / 1000.0
+        w = decay(weights.double(), age_s, self.half_life_s).float() * present
+        x = item_vectors(hist.clamp(min=0).reshape(-1)).reshape(*hist.shape, -1)
+        self.vectors[where] = (w.unsqueeze(-1) * x.to(self.vectors.dtype)).sum(dim=1)
 
     def _spill(self, row: int, item: int) -> None:
         spilled = self._spilled.get(row)
