@@ -88,10 +88,9 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
     """
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
-    stream = sys.stderr if stream is None else stream
     if fmt == "auto":
-        fmt = "text" if _is_tty(stream) else "json"
-    handler = logging.StreamHandler(stream)
+        fmt = "text" if _is_tty(sys.stderr if stream is None else stream) else "json"
+    handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
@@ -102,6 +101,22 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: IO[str] | None
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the one it was
+    created with: an embedding program (a test runner, say) may swap and close stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass  # always sys.stderr
 
 
 def json_logging() -> bool:
