@@ -121,17 +121,12 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
     if col is None:
         raise UnknownItem(f"item {item_id!r} is not in the catalog")
     users = rec.users
-    row = users.row(user_id)
     n = rec.items.num_rows
     cfg = rec.config
     with torch.no_grad():
-        count = int(users.counts[row]) if row is not None else 0
-        vector = (
-            users.vectors[row].unsqueeze(0)
-            if row is not None
-            else torch.zeros(1, rec.items.dim, device=rec.device)
-        )
-        counts = torch.tensor([count], device=rec.device)
+        # The same inputs recommend() ranks by: profile blend and popularity share included.
+        rows, vector, counts, _, evidence, alphas = rec._user_inputs([user_id], cfg.min_events)
+        row, count, alpha = rows[0], int(counts[0]), float(alphas[0])
         mix = rec.head.mixing(counts)[0]
         q = rec.head.query(vector)[0]
         e = rec.items.embeddings[col]
@@ -166,7 +161,6 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
             parts.append(Part(name, float(mix[1 + s_i] * value)))
         personal_all = rec._personal_scores(vector, counts, signals)[0]
         live = rec.items.active[:n]
-        alpha = min(1.0, count / max(1, cfg.min_events))
         from learner.recommender import _minmax
 
         trend = _minmax(rec.trending.scores(n), live)
@@ -185,12 +179,13 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
         final = float(final_all[col]) if excluded is None else None
         rank = None if excluded else int((final_all > final_all[col]).sum()) + 1
         history = _history(rec, row, col, top) if row is not None else []
-    strategy = "popular" if count == 0 else "personal" if count >= cfg.min_events else "blend"
+    from learner.recommender import list_strategy
+
     return Explanation(
         user_id=user_id,
         item_id=item_id,
         events=count,
-        strategy=strategy,
+        strategy=list_strategy(float(evidence[0]), count, cfg.min_events),
         alpha=alpha,
         parts=parts,
         personal=float(personal_all[col]),

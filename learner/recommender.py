@@ -52,6 +52,7 @@ __all__ = [
     "ModelConfig",
     "Recommender",
     "UpsertReport",
+    "list_strategy",
 ]
 
 DAY_S = 86_400.0
@@ -659,17 +660,8 @@ class Recommender:
             return []
         min_ev = self.config.min_events if min_events is None else min_events
         n = self.items.num_rows
-        dev = self.device
-        rows = [self.users.row(uid) for uid in user_ids]
-        known = torch.tensor([-1 if r is None else r for r in rows], dtype=torch.long, device=dev)
-        has_state = (known >= 0).unsqueeze(-1)
-        vectors = torch.where(has_state, self.users.vectors[known.clamp(min=0)], 0.0)
-        counts = torch.where(known >= 0, self.users.counts[known.clamp(min=0)], 0)
-        newest_ts = torch.where(known >= 0, self.users.last_ts_ms[known.clamp(min=0)], 0)
-        vectors, profiled = self._start_vectors(user_ids, vectors, counts)
-        evidence = counts.float() + profiled.float() * max(0.0, self.config.profile_weight)
+        rows, vectors, counts, newest_ts, evidence, alpha = self._user_inputs(user_ids, min_ev)
         with torch.no_grad():
-            alpha = (evidence / max(1, min_ev)).clamp(max=1.0)
             top: tuple[Tensor, Tensor] | None = None
             if n:
                 top = self._ranked(rows, vectors, counts, alpha, k)
@@ -688,11 +680,29 @@ class Recommender:
                 for j, s, b in zip(picked[i], scores[i], because, strict=True)
                 if s != -math.inf  # fewer eligible items than k
             ]
-            strategy: Strategy = (
-                "popular" if seen <= 0 else "personal" if count >= min_ev else "blend"
-            )
+            strategy = list_strategy(seen, count, min_ev)
             out.append(UserRecommendation(uid, items, strategy, version, event_ts))
         return out
+
+    def _user_inputs(
+        self, user_ids: Sequence[str], min_events: int
+    ) -> tuple[list[int | None], Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """What ranking needs of each user: state rows (None: no state), the vectors the head
+        scores them by (``_start_vectors``), event counts, newest event times, the evidence
+        behind their list (events, plus ``profile_weight`` for a profile) and ``alpha``, the
+        personal share of the list (``evidence / min_events``, at most 1)."""
+        rows = [self.users.row(uid) for uid in user_ids]
+        known = torch.tensor(
+            [-1 if r is None else r for r in rows], dtype=torch.long, device=self.device
+        )
+        has_state = (known >= 0).unsqueeze(-1)
+        vectors = torch.where(has_state, self.users.vectors[known.clamp(min=0)], 0.0)
+        counts = torch.where(known >= 0, self.users.counts[known.clamp(min=0)], 0)
+        newest_ts = torch.where(known >= 0, self.users.last_ts_ms[known.clamp(min=0)], 0)
+        vectors, profiled = self._start_vectors(user_ids, vectors, counts)
+        evidence = counts.float() + profiled.float() * max(0.0, self.config.profile_weight)
+        alpha = (evidence / max(1, min_events)).clamp(max=1.0)
+        return rows, vectors, counts, newest_ts, evidence, alpha
 
     def _ranked(
         self,
@@ -1032,6 +1042,18 @@ class Recommender:
         best = hist.gather(1, contrib.argmax(dim=1)).tolist()  # (B, K) history item rows
         ids = self.items.ids
         return [[ids[r] for r in best[i]] if int(length[i]) else [None] * k for i in range(b)]
+
+
+def list_strategy(evidence: float, count: int, min_events: int) -> Strategy:
+    """What a user's list is: ``popular`` without any evidence (no events, no profile),
+    ``personal`` from ``min_events`` events on, ``blend`` in between.
+
+    Examples
+    --------
+    >>> list_strategy(0.0, 0, 3), list_strategy(1.0, 0, 3), list_strategy(3.0, 3, 3)
+    ('popular', 'blend', 'personal')
+    """
+    return "popular" if evidence <= 0 else "personal" if count >= min_events else "blend"
 
 
 def _minmax(v: Tensor, live: Tensor) -> Tensor:

@@ -108,3 +108,20 @@ def test_to_dict_is_plain_data_with_the_because(trained: Recommender) -> None:
     out: dict[str, Any] = json.loads(json.dumps(explain(trained, "space_fan", "b").to_dict()))
     assert out["because"] == out["history"][0]["item_id"]
     assert {p["name"] for p in out["parts"]} >= {"content similarity", "item bias"}
+
+
+@pytest.mark.parametrize("events", [0, 1, 4])
+def test_a_profiled_user_is_explained_as_their_list_ranks_them(
+    make_recommender: MakeRecommender, make_event: MakeEvent, events: int
+) -> None:
+    from learner.types import UserProfile
+
+    rec = make_recommender(min_events=3)
+    rec.upsert_profiles([UserProfile("fan", {"likes": "space war"})])
+    rec.learn([make_event("fan", item) for item in "cdhc"[:events]])
+    [listed] = rec.recommend(["fan"], k=4)
+    for position, scored in enumerate(listed.items, 1):
+        ex = explain(rec, "fan", scored.item_id)
+        assert ex.strategy == listed.strategy  # a profile alone is a blend, not "popular"
+        assert ex.final == pytest.approx(scored.score, abs=1e-5)
+        assert ex.rank == position
