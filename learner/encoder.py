@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ __all__ = [
     "CachedEncoder",
     "TextEncoder",
     "default_model_dir",
+    "fill_cache",
     "mean_pool",
     "plan_batches",
     "resolve_device",
@@ -53,6 +54,7 @@ _CUDA_CHUNK = 4096
 _PREFETCH_BATCHES = 8
 
 _T = TypeVar("_T")
+V = TypeVar("V")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -401,6 +403,34 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def fill_cache(
+    cache: dict[str, V],
+    keys: Sequence[str],
+    compute: Callable[[list[int]], Sequence[V]],
+    max_entries: int,
+) -> tuple[dict[str, V], int]:
+    """The value of every key: cached ones from ``cache``, the others computed in one call
+    ``compute(indices)`` (one position of each distinct missing key: its last) and stored.
+    A cache that would outgrow ``max_entries`` is emptied first: a simple bound, as the item
+    table keeps what is in use. Returns the values by key and how many keys were computed.
+
+    Examples
+    --------
+    >>> cache = {"a": 1}
+    >>> fill_cache(cache, ["a", "b", "b"], lambda idx: [10 * i for i in idx], 10)
+    ({'a': 1, 'b': 20}, 1)
+    """
+    found = {k: cache[k] for k in keys if k in cache}
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.items())
+    if missing:
+        fresh = compute([i for _, i in missing])
+        if len(cache) + len(missing) > max_entries:
+            cache.clear()
+        for (k, _), value in zip(missing, fresh, strict=True):
+            cache[k] = found[k] = value
+    return found, len(missing)
+
+
 class CachedEncoder:
     """Wraps an encoder with a content-hash cache: an unchanged text is encoded once.
 
@@ -442,16 +472,14 @@ class CachedEncoder:
     def encode(self, texts: Sequence[str]) -> Tensor:
         """Embed ``texts``, encoding only those not seen before."""
         keys = [self.key(t) for t in texts]
-        found: dict[str, Tensor] = {k: self._cache[k] for k in keys if k in self._cache}
-        missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.items())
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            fresh = self.encoder.encode([texts[i] for _, i in missing]).cpu()
-            if len(self._cache) + len(fresh) > self.max_entries:
-                self._cache.clear()  # a simple bound; the item table keeps what is in use
-            for (k, _), vec in zip(missing, fresh, strict=True):
-                self._cache[k] = found[k] = vec
+        found, missed = fill_cache(
+            self._cache,
+            keys,
+            lambda firsts: list(self.encoder.encode([texts[i] for i in firsts]).cpu()),
+            self.max_entries,
+        )
+        self.hits += len(texts) - missed
+        self.misses += missed
         if not texts:
             return torch.empty((0, self.dim), device=self.device)
         return torch.stack([found[k] for k in keys]).to(self.device)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from learner.encoder import _dir_fingerprint, resolve_device
+from learner.encoder import _dir_fingerprint, fill_cache, resolve_device
 from learner.exceptions import EncoderError
 
 __all__ = ["CachedImageEncoder", "ImageEncoder", "ImageEncoding", "decode_image"]
@@ -229,17 +229,14 @@ class CachedImageEncoder:
     def encode(self, images: Sequence[bytes]) -> ImageEncoding:
         """Embed ``images``, decoding and encoding only those not seen before."""
         keys = [self.key(b) for b in images]
-        found = {k: self._cache[k] for k in keys if k in self._cache}
-        missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.items())
-        self.hits += len(images) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            fresh = self.encoder.encode([images[i] for _, i in missing])
-            if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()  # a simple bound; the item table keeps what is in use
-            vectors = fresh.vectors.cpu()
-            for j, (k, _) in enumerate(missing):
-                self._cache[k] = found[k] = (vectors[j], fresh.errors[j])
+
+        def compute(firsts: list[int]) -> list[tuple[Tensor, str | None]]:
+            fresh = self.encoder.encode([images[i] for i in firsts])
+            return list(zip(fresh.vectors.cpu(), fresh.errors, strict=True))
+
+        found, missed = fill_cache(self._cache, keys, compute, self.max_entries)
+        self.hits += len(images) - missed
+        self.misses += missed
         if not images:
             empty = torch.empty((0, self.dim), device=self.device)
             return ImageEncoding(empty, torch.zeros(0, dtype=torch.bool), ())
