@@ -90,9 +90,9 @@ class Explanation:
     personal: float  # the sum of parts
     trending_scaled: float  # the item's trending score min-max scaled over the catalog
     final: float | None  # the score a published list would show; None if excluded
-    rank: int | None  # 1-based among the items the user can be recommended; None if excluded
+    rank: int | None  # 1-based by relevance among the items the user can get; None if excluded
     eligible: int  # how many items the user can be recommended
-    excluded: str | None  # "consumed" when the user already has it
+    excluded: str | None  # "consumed" (the user has it) or "rule" (a business rule bans it)
     history: list[HistoryContribution] = field(default_factory=list)
     model_version: str = ""
 
@@ -175,6 +175,11 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
             final_all[what] = -math.inf
             if bool((what == col).any()):
                 excluded = "consumed"
+        allowed = rec._allowed(n)
+        if allowed is not None:
+            final_all = final_all.masked_fill(~allowed, -math.inf)
+            if excluded is None and not bool(allowed[col]):
+                excluded = "rule"
         eligible = int(torch.isfinite(final_all).sum())
         final = float(final_all[col]) if excluded is None else None
         rank = None if excluded else int((final_all > final_all[col]).sum()) + 1

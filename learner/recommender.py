@@ -718,7 +718,7 @@ class Recommender:
         short although the pool was full is re-ranked over the whole catalog (back-fill)."""
         n = self.items.num_rows
         rules = self.rules
-        allowed = rules.allowed(n) if rules is not None and rules.rules.has_exclusions else None
+        allowed = self._allowed(n)
         capped = rules is not None and rules.has_caps
         rerank = self.config.diversity > 0 or capped
         width = min(n, max(k, self.config.rerank_pool)) if rerank else k
@@ -740,6 +740,11 @@ class Recommender:
             again = self._rerank(*full, k)
             picked[0][redo], picked[1][redo] = again
         return picked
+
+    def _allowed(self, n: int) -> Tensor | None:
+        """``(n,)``: the rows the business rules let into any list; None without exclusions."""
+        rules = self.rules
+        return rules.allowed(n) if rules is not None and rules.rules.has_exclusions else None
 
     def _top(
         self,

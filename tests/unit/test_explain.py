@@ -125,3 +125,19 @@ def test_a_profiled_user_is_explained_as_their_list_ranks_them(
         assert ex.strategy == listed.strategy  # a profile alone is a blend, not "popular"
         assert ex.final == pytest.approx(scored.score, abs=1e-5)
         assert ex.rank == position
+
+
+def test_an_item_a_rule_bans_is_excluded_and_takes_no_rank(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    from learner.rules import Rules
+
+    rec = make_recommender(min_events=1, rules=Rules(exclude_items=["e"]))
+    rec.learn([make_event("u", item) for item in "ab"])
+    ex = explain(rec, "u", "e")  # the closest item to the user's space history, but banned
+    assert ex.excluded == "rule" and ex.rank is None and ex.final is None
+    assert ex.eligible == len("abcdefgh") - 2 - 1
+    [listed] = rec.recommend(["u"], k=5)
+    ranks = [explain(rec, "u", scored.item_id).rank for scored in listed.items]
+    # The banned item takes no place ahead of the published ones (ties share a rank).
+    assert ranks[0] == 1 and ranks == sorted(ranks)
