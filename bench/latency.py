@@ -23,12 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -69,8 +70,7 @@ def start_worker(
         "--device",
         "cpu",
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return proc, f"http://127.0.0.1:{port}/readyz"
+    return _spawn(cmd), f"http://127.0.0.1:{port}/readyz"
 
 
 def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen[bytes]:
@@ -89,15 +89,34 @@ def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen
         "--batch-size",
         str(batch_size),
     ]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _spawn(cmd)
+
+
+# Each child's log goes to a file of its own: a pipe nobody reads while the run goes on fills up
+# (64 KiB) and then blocks the child at its next log line, which looks like a stalled worker.
+_LOGS: dict[int, IO[bytes]] = {}
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    log_file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the child's whole life
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    _LOGS[proc.pid] = log_file
+    return proc
+
+
+def _log_tail(proc: subprocess.Popen[bytes], chars: int = 2000) -> str:
+    log_file = _LOGS.get(proc.pid)
+    if log_file is None:
+        return ""
+    log_file.seek(0)
+    return log_file.read().decode(errors="replace")[-chars:]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            raise SystemExit(f"worker exited with {proc.returncode}:\n{err}")
+            raise SystemExit(f"worker exited with {proc.returncode}:\n{_log_tail(proc)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -210,7 +229,9 @@ def measure(
         while warm.latencies_ms == [] and time.monotonic() < deadline:
             read(reader, mode, warm)
         if not warm.latencies_ms:
-            raise SystemExit(f"{mode}: nothing came back from the warm-up events")
+            raise SystemExit(
+                f"{mode}: nothing came back from the warm-up events; its log:\n{_log_tail(proc)}"
+            )
         reader.seek_to_end(*parts)
         delivery = Delivery()
         log(f"{mode} at {rate:g} events/s for {args.seconds:g}s")
