@@ -4,7 +4,8 @@
     .venv/bin/python bench/memory.py --users 100000 --json mem.json
 
 Users are folded into the worker's own ``UserStateStore`` (the state a worker keeps per user:
-decayed vector, newest time, event count, history ring, consumed items) in batches of
+decayed vector, newest time, event count, history ring, consumed items, the head of the
+last ranked list that hard negatives come from) in batches of
 ``--batch`` events, with the default settings of ``freshrec worker`` (384-dim MiniLM vectors,
 ``history_len`` 50). RSS is read from /proc/self/status. Bytes per user are reported two ways:
 the RSS growth divided by users, and the store's own accounting; the embedding (``dim`` float32
@@ -33,7 +34,7 @@ import torch
 from bench.kafka_rig import log, markdown_table
 from learner.user_state import UserStateStore
 
-STORE_PARTS = ("vectors", "times_counts", "history_rings", "spilled")
+STORE_PARTS = ("vectors", "times_counts", "history_rings", "ranked_pools", "spilled")
 
 
 def rss_bytes() -> int:
@@ -107,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         "--history-len", type=int, default=50, help="history ring per user (default: %(default)s)"
     )
     parser.add_argument(
+        "--pool-len",
+        type=int,
+        default=20,
+        help="ranked list head kept per user for hard negatives (default: %(default)s, the "
+        "worker's hard_negative_pool)",
+    )
+    parser.add_argument(
         "--batch", type=int, default=20_000, help="events per fold (default: %(default)s)"
     )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -116,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = torch.Generator().manual_seed(0)
     # The item vectors are shared by every user; they are made before the baseline RSS.
     items = torch.nn.functional.normalize(torch.randn(args.items, args.dim, generator=rng), dim=-1)
-    store = UserStateStore(args.dim, half_life_s=14 * 86_400.0, history_len=args.history_len)
+    store = UserStateStore(
+        args.dim,
+        half_life_s=14 * 86_400.0,
+        history_len=args.history_len,
+        pool_len=args.pool_len,
+    )
     user_ids = [f"user-{i:08d}" for i in range(args.users)]
     gc.collect()
     base = rss_bytes()
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     accounting["vectors"]
                     + accounting["times_counts"]
                     + accounting["history_rings"]
+                    + accounting["ranked_pools"]
                     + accounting["spilled"]
                 )
                 / args.users,

@@ -120,11 +120,14 @@ def run_worker(
         if totals.rejected:
             raise SystemExit(f"worker rejected {totals.rejected} events; the bench expects none")
         stages = {}
-        for stage in ("decode", "learn", "rank", "publish", "commit"):
+        batches = max(1, kw.worker.batches)
+        for stage in ("decode", "learn", "rank", "publish", "state", "commit"):
             total = kw.worker.metrics.registry.get_sample_value(
                 "freshrec_stage_seconds_sum", {"stage": stage}
             )
-            stages[stage] = 1000.0 * (total or 0.0) / max(1, kw.worker.batches)
+            stages[stage] = 1000.0 * (total or 0.0) / batches
+        # Polling (fetching and parsing records), lag and item checks: the rest of the clock.
+        stages["poll+other"] = max(0.0, 1000.0 * elapsed / batches - sum(stages.values()))
         log("worker ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
         return {
             "events": totals.consumed,

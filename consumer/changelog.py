@@ -8,7 +8,8 @@ partition ``p``; a null value forgets the user):
 ``{v:1, user_id:str, vector:bytes (float32 LE), last_ts:int ms, count:int,
 history:[[item_id:str, weight:float, ts:int ms], ...] oldest first, consumed:[item_id:str, ...],
 seen:[int, ...] (hashes of the last event ids), encoder:str (optional: the encoder whose space
-vector is in)}``
+vector is in), ranked:[item_id:str, ...] (optional: the head of the user's last ranked list,
+best first, where hard negatives come from)}``
 
 A worker restoring a record of another encoder (one restarted with a new ``--encoder-dir``)
 keeps the history, counts and consumed items and rebuilds the vector from the history in its
@@ -61,6 +62,7 @@ def encode_state(snap: UserSnapshot) -> bytes:
             "consumed": list(snap.consumed),
             "seen": list(snap.seen),
             "encoder": snap.encoder,
+            "ranked": list(snap.ranked),
         },
         use_bin_type=True,
     )
@@ -81,6 +83,7 @@ def decode_state(value: bytes) -> UserSnapshot:
             consumed=tuple(str(i) for i in obj["consumed"]),
             seen=tuple(int(h) for h in obj["seen"]),
             encoder=str(obj.get("encoder", "")),
+            ranked=tuple(str(i) for i in obj.get("ranked", ())),
         )
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as err:
         raise ValueError(f"unreadable user-state record: {err}") from err

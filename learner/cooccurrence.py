@@ -11,6 +11,7 @@ cosine over co-occurrence: ``C_ij / sqrt(n_i n_j)`` with ``n`` the item's total 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -77,32 +78,63 @@ class CoOccurrence:
         """A batch of events at once: ``items[e]`` co-occurs with each (row, weight) of
         ``histories[e]``. Pairs are summed first, then each touched row is updated once, so a
         batch costs one small update per distinct item rather than several per event.
+        (:meth:`observe_batch` with the histories as lists.)
         """
-        if not items:
+        width = max((len(h) for h in histories), default=0)
+        rows = np.full((len(items), width), -1, dtype=np.int64)
+        weights = np.zeros((len(items), width), dtype=np.float64)
+        for e, history in enumerate(histories):
+            for j, (row, w) in enumerate(history):
+                rows[e, j], weights[e, j] = row, w
+        self.observe_batch(
+            np.asarray(items, dtype=np.int64), np.asarray(item_weights), rows, weights
+        )
+
+    def observe_batch(
+        self,
+        items: np.ndarray,
+        item_weights: np.ndarray,
+        histories: np.ndarray,
+        history_weights: np.ndarray,
+    ) -> None:
+        """:meth:`observe_many` with each event's history as a row of ``histories`` (``(E, H)``
+        item rows, ``-1`` for none) and ``history_weights``; the pairs are found and summed
+        with array operations, with no Python loop over events.
+
+        Examples
+        --------
+        >>> co = CoOccurrence(max_neighbours=4)
+        >>> co.observe_batch(np.array([0, 1]), np.array([1.0, 1.0]),
+        ...                  np.array([[-1], [0]]), np.array([[0.0], [2.0]]))
+        >>> co.similarity(torch.tensor([0]), torch.tensor([1])).tolist()
+        [[2.0]]
+        """
+        if not len(items):
             return
-        top = max(items + [r for h in histories for r, _ in h])
+        items = np.asarray(items, dtype=np.int64)
+        top = int(max(items.max(), histories.max(initial=-1)))
         self._ensure_capacity(top + 1)
-        acc: dict[int, dict[int, float]] = {}
-        for item, w_item, history in zip(items, item_weights, histories, strict=True):
-            for row, w_row in history:
-                if row == item:
-                    continue
-                w = w_row * w_item
-                to_item, to_row = acc.setdefault(row, {}), acc.setdefault(item, {})
-                to_item[item] = to_item.get(item, 0.0) + w
-                to_row[row] = to_row.get(row, 0.0) + w
-        mass_rows = torch.tensor(items, dtype=torch.long, device=self.device)
-        self.mass.index_add_(0, mass_rows, torch.tensor(item_weights, device=self.device))
-        if acc:
-            rows = [r for r, cols in acc.items() for _ in cols]
-            cols = [c for c_w in acc.values() for c in c_w]
-            ws = [w for c_w in acc.values() for w in c_w.values()]
-            dev = self.device
-            self._add_pairs(
-                torch.tensor(rows, dtype=torch.long, device=dev),
-                torch.tensor(cols, dtype=torch.long, device=dev),
-                torch.tensor(ws, device=dev),
-            )
+        dev = self.device
+        self.mass.index_add_(
+            0,
+            torch.from_numpy(items).to(dev),
+            torch.from_numpy(np.asarray(item_weights, dtype=np.float32)).to(dev),
+        )
+        item_of = np.broadcast_to(items[:, None], histories.shape)
+        keep = (histories >= 0) & (histories != item_of)
+        if not keep.any():
+            return
+        r, c = histories[keep], item_of[keep]
+        w = (history_weights * np.asarray(item_weights, dtype=np.float64)[:, None])[keep]
+        # Both directions of every pair, summed over the batch (one entry per distinct pair).
+        span = top + 1
+        keys, where = np.unique(np.concatenate([r * span + c, c * span + r]), return_inverse=True)
+        sums = np.bincount(where.reshape(-1), weights=np.concatenate([w, w]))
+        self._add_pairs(
+            torch.from_numpy(keys // span).to(dev),
+            torch.from_numpy(keys % span).to(dev),
+            torch.from_numpy(sums.astype(np.float32)).to(dev),
+        )
 
     def _add_pairs(self, rows: Tensor, cols: Tensor, w: Tensor) -> None:
         """Add ``w[p]`` to each pair (rows[p], cols[p]) (pairs distinct), all rows at once.
@@ -191,24 +223,59 @@ class CoOccurrence:
         ...                [0.0, 0.0]]), num_rows=3).tolist()
         [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
         """
-        self._ensure_capacity(num_rows)
         b = history.shape[0]
-        out = torch.zeros(b * num_rows, device=self.device)
+        out = torch.zeros((b, num_rows), device=self.device)
+        self.add_scores(out, history, history_weights, torch.ones(b, device=self.device))
+        return out
+
+    def add_scores(
+        self, out: Tensor, history: Tensor, history_weights: Tensor, scale: Tensor
+    ) -> None:
+        """``out[u] += scale[u] * scores_many(...)[u]`` in place, for ``out`` of shape
+        ``(B, num_rows)``: the head adds its weighted co-occurrence signal to the scores it
+        already has without a ``(B, num_rows)`` signal tensor of its own."""
+        b, num_rows = out.shape
+        self._ensure_capacity(num_rows)
         if history.numel() == 0:
-            return out.view(b, num_rows)
+            return
         present = history >= 0
         a = history_weights * present
         flat = present.reshape(-1).nonzero().squeeze(-1)  # only real history entries
         rows = history.reshape(-1)[flat]
         user = flat // history.shape[1]
-        # sim(j, v) = C_jv / sqrt(n_j n_v): scale by 1/sqrt(n_j) per entry, by 1/sqrt(n_v) after.
-        scale = a.reshape(-1)[flat] / self.mass[rows].sqrt().clamp(min=1e-9)
+        # sim(j, v) = C_jv / sqrt(n_j n_v): scale by 1/sqrt(n_j) per entry, by 1/sqrt(n_v) after;
+        # the user's weight and 1 / Σ a_j go into each entry too.
+        per_user = scale / a.sum(dim=1).clamp(min=1e-9)
+        entry = a.reshape(-1)[flat] / self.mass[rows].sqrt().clamp(min=1e-9) * per_user[user]
         nbr = self.idx[rows]  # (P, M); empty slots are -1 with weight 0
         target = nbr.clamp(min=0) + (user * num_rows).unsqueeze(-1)
-        out.index_add_(0, target.reshape(-1), (self.weight[rows] * scale.unsqueeze(-1)).reshape(-1))
-        inv_norm = 1.0 / self.mass[:num_rows].sqrt().clamp(min=1e-9)
-        out = out.view(b, num_rows) * torch.where(self.mass[:num_rows] > 0, inv_norm, 0.0)
-        return out / a.sum(dim=1, keepdim=True).clamp(min=1e-9)
+        raw = torch.zeros(b * num_rows, device=self.device)
+        raw.index_add_(0, target.reshape(-1), (self.weight[rows] * entry.unsqueeze(-1)).reshape(-1))
+        mass = self.mass[:num_rows]
+        inv_norm = torch.where(mass > 0, 1.0 / mass.sqrt().clamp(min=1e-9), 0.0)
+        out.addcmul_(raw.view(b, num_rows), inv_norm)
+
+    def scores_at(self, history: Tensor, history_weights: Tensor, cols: Tensor) -> Tensor:
+        """:meth:`scores_many` at each user's own columns only: ``history`` ``(B, H)`` item
+        rows (``-1`` padded), ``cols`` ``(B, C)``; the result is ``(B, C)``. It costs a binary
+        search per (history item, column) instead of a pass over the catalog per user.
+
+        Examples
+        --------
+        >>> co = CoOccurrence(max_neighbours=4)
+        >>> co.observe(item=0, item_weight=1.0, history=torch.tensor([], dtype=torch.long),
+        ...            history_weights=torch.ones(0))
+        >>> co.observe(item=1, item_weight=1.0, history=torch.tensor([0]),
+        ...            history_weights=torch.ones(1))
+        >>> co.scores_at(torch.tensor([[-1, 0]]), torch.tensor([[0.0, 1.0]]),
+        ...              torch.tensor([[1, 2]])).tolist()
+        [[1.0, 0.0]]
+        """
+        a = history_weights * (history >= 0)
+        sim = self.similarity_many(history, cols)  # (B, H, C)
+        return torch.bmm(a.unsqueeze(1), sim).squeeze(1) / a.sum(dim=1, keepdim=True).clamp(
+            min=1e-9
+        )
 
     def similarity_many(self, rows: Tensor, cols: Tensor) -> Tensor:
         """``sim(rows[b, h], cols[b, k])`` as a ``(B, H, K)`` tensor for a batch: each user's

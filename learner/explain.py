@@ -159,7 +159,7 @@ def explain(rec: Recommender, user_id: str, item_id: str, top: int = 5) -> Expla
         for s_i, (name, signal) in enumerate(zip(names, signals, strict=True)):
             value = signal.expand(1, -1)[0, col] if signal.dim() == 2 else signal[col]
             parts.append(Part(name, float(mix[1 + s_i] * value)))
-        personal_all = rec._personal_scores(vector, counts, signals)[0]
+        personal_all = rec._personal_scores(vector, counts, [row])[0]
         live = rec.items.active[:n]
         from learner.recommender import _minmax
 

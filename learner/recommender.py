@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -197,6 +198,8 @@ class Recommender:
             max_consumed=self.config.max_consumed,
             dedup_window=self.config.dedup_window,
             device=self.device,
+            # The head of each user's last list, where learn() takes hard negatives from.
+            pool_len=self._hard_pool() if self.config.train else 0,
         )
         init: list[float] = []
         self.cooc: CoOccurrence | None = None
@@ -414,14 +417,10 @@ class Recommender:
         """The state of each known user in ``user_ids``, with item ids (not rows), tagged with
         the encoder whose space the vectors live in."""
         ids = self.items.ids
-        name = self.encoder.name
-        return [
-            replace(
-                self.users.snapshot(uid, lambda r: ids[r] if r < len(ids) else None), encoder=name
-            )
-            for uid in dict.fromkeys(user_ids)
-            if uid in self.users
-        ]
+        known = [uid for uid in dict.fromkeys(user_ids) if uid in self.users]
+        return self.users.snapshots(
+            known, lambda r: ids[r] if r < len(ids) else None, encoder=self.encoder.name
+        )
 
     def restore_users(self, snapshots: Sequence[UserSnapshot], shard: int = -1) -> int:
         """Replace (or create) users' state from snapshots; returns how many.
@@ -451,17 +450,27 @@ class Recommender:
         """``e_v + δ_v`` of item rows: what a user's vector sums (as in :meth:`learn`)."""
         return self.items.embeddings[rows] + self.head.delta[rows]
 
-    def _personal_scores(self, vectors: Tensor, counts: Tensor, signals: list[Tensor]) -> Tensor:
-        """The head's score of every item row for each user (no blending, no masking)."""
+    def _personal_scores(
+        self, vectors: Tensor, counts: Tensor, rows: Sequence[int | None]
+    ) -> Tensor:
+        """The head's score of every item row for each user (no blending, no masking):
+        ``w_0 q_u·x_v + b_v + Σ_s w_s f_s(u, v)``. One matrix product starts from the bias,
+        trending is a rank-one update and co-occurrence one scatter, all into the same
+        ``(users, items)`` tensor (``rows`` are the users' state rows, for co-occurrence)."""
         x = self._item_matrix()
+        n = x.shape[0]
         w = self.head.mixing(counts)
-        out = w[:, :1] * (self.head.query(vectors) @ x.T) + self.head.bias[: x.shape[0]]
-        for s_i, signal in enumerate(signals):
-            out = out + w[:, 1 + s_i : 2 + s_i] * signal
+        out = torch.addmm(self.head.bias[:n].unsqueeze(0), self.head.query(vectors) * w[:, :1], x.T)
+        s_i = 1
+        if self.cooc is not None:
+            self.cooc.add_scores(out, *self._cooc_history(rows), w[:, s_i])
+            s_i += 1
+        if self.config.trend_signal:
+            out.addr_(w[:, s_i], self._trend_signal(n))
         return out
 
     def _hard_negatives(
-        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, signals: list[Tensor], count: int
+        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, count: int
     ) -> Tensor:
         """``count`` negatives per pair drawn from the items the model ranks highest now.
 
@@ -469,7 +478,8 @@ class Recommender:
         nobody would rank anyway, and learning to beat them trades top-K quality for AUC.
         """
         with torch.no_grad():
-            scores = self._personal_scores(vectors, self.users.counts[user_rows], signals)
+            counts = self.users.counts[user_rows]
+            scores = self._personal_scores(vectors, counts, user_rows.tolist())
             n = scores.shape[1]
             scores = scores.masked_fill(~self.items.active[:n].unsqueeze(0), float("-inf"))
             who, what = self.users.exclusions(user_rows.tolist())
@@ -510,22 +520,22 @@ class Recommender:
         n = self.items.num_rows
         out: list[Tensor] = []
         if self.cooc is not None:
-            keys, values = self._cooc_sparse(user_rows)
-            base = torch.arange(len(user_rows), device=self.device).unsqueeze(-1) * n
-            out.append(_lookup(keys, values, base + cols))
+            out.append(self.cooc.scores_at(*self._cooc_history(user_rows), cols))
         if self.config.trend_signal:
             out.append(self._trend_signal(n)[cols])
         return torch.stack(out, dim=-1)
 
     def _queue_pairs(self, user_rows: Tensor, pos: Tensor, vectors: Tensor) -> None:
         """Snapshot training pairs from the current (pre-event) state for the next step;
-        ``vectors`` are the users' vectors as ranking sees them (``_start_vectors``)."""
+        ``vectors`` are the users' vectors as ranking sees them (``_start_vectors``).
+
+        Hard negatives come from the head of the list last ranked for each user
+        (``_remember_pools``): the worker ranks every user it learns from, so that list is
+        the model's top for the user's state before this event, and learning need not score
+        the catalog again. A user without one (restored from the changelog, or only ever
+        learned from) is scored here: densely, or from the ANN candidates for large catalogs.
+        """
         b = int(pos.numel())
-        # Large catalogs: no dense (users x catalog) scoring here either; hard negatives come
-        # from the ANN candidates and the signals are looked up at the pairs' items only.
-        sparse = self._ann_enabled()
-        dense = not sparse and self.head.n_signals
-        signals = self._signals(user_rows.tolist()) if dense else []
         n_hard = round(self.head.config.negatives * self.config.hard_negatives)
         neg = self.head.sample_negatives(
             self.items.active,
@@ -534,22 +544,19 @@ class Recommender:
             count=self.head.config.negatives - n_hard,
         )
         if n_hard:
-            hard = (
-                self._hard_negatives_ann(user_rows, vectors, pos, neg[:, 0], n_hard)
-                if sparse
-                else self._hard_negatives(user_rows, vectors, pos, signals, n_hard)
-            )
+            hard, missing = self._pool_negatives(user_rows, pos, n_hard)
+            if bool(missing.any()):
+                lost = torch.nonzero(missing).squeeze(-1)
+                hard[lost] = self._scored_negatives(
+                    user_rows[lost], vectors[lost], pos[lost], neg[lost, 0], n_hard
+                )
             neg = torch.cat([neg, hard], dim=1)
         n_sig = self.head.n_signals
         pos_sig = torch.zeros((b, n_sig), device=self.device)
         neg_sig = torch.zeros((b, neg.shape[1], n_sig), device=self.device)
-        if n_sig and sparse:
+        if n_sig:
             at = self._signals_at(user_rows.tolist(), torch.cat([pos.unsqueeze(1), neg], dim=1))
             pos_sig, neg_sig = at[:, 0], at[:, 1:]
-        elif n_sig:
-            full = [sig.expand(b, -1) for sig in signals]
-            pos_sig = torch.stack([f.gather(1, pos.unsqueeze(1)).squeeze(1) for f in full], -1)
-            neg_sig = torch.stack([f.gather(1, neg) for f in full], -1)
         self._pending.append(
             (
                 vectors.clone(),
@@ -561,6 +568,33 @@ class Recommender:
             )
         )
         self._pending_pairs += b
+
+    def _pool_negatives(self, user_rows: Tensor, pos: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """``count`` negatives per pair drawn uniformly from the user's remembered list head
+        (``UserStateStore.pools``), leaving out the positive and deleted items; and which
+        pairs had nothing to draw from (their rows are placeholders)."""
+        pool = self.users.pools(user_rows)
+        if pool.shape[1] == 0:
+            return torch.zeros((pool.shape[0], count), dtype=torch.long, device=self.device), (
+                torch.ones(pool.shape[0], dtype=torch.bool, device=self.device)
+            )
+        usable = (pool >= 0) & (pool != pos.unsqueeze(1))
+        usable &= self.items.active[pool.clamp(min=0)]
+        # Usable entries first (stable), then a uniform pick among each row's usable ones.
+        order = torch.argsort((~usable).to(torch.int8), dim=1, stable=True)
+        pool = pool.gather(1, order)
+        have = usable.sum(dim=1)
+        u = torch.rand((pool.shape[0], count), generator=self.head.generator).to(self.device)
+        pick = (u * have.clamp(min=1).unsqueeze(1)).long().clamp(max=max(0, pool.shape[1] - 1))
+        return pool.gather(1, pick).clamp(min=0), have == 0
+
+    def _scored_negatives(
+        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, fallback: Tensor, count: int
+    ) -> Tensor:
+        """Hard negatives for users without a remembered list: their top items scored now."""
+        if self._ann_enabled():
+            return self._hard_negatives_ann(user_rows, vectors, pos, fallback, count)
+        return self._hard_negatives(user_rows, vectors, pos, count)
 
     def _train_step(self) -> tuple[float, int]:
         """One BPR step on the pending pairs."""
@@ -587,18 +621,29 @@ class Recommender:
         batch included), then update the neighbour lists once for the whole batch."""
         assert self.cooc is not None
         n_recent = self.config.cooc_history
-        touched = list(dict.fromkeys(user_rows.tolist()))
-        tail_items, tail_weights = self.users.recent(torch.tensor(touched), n_recent)
-        recent: dict[int, list[tuple[int, float]]] = {
-            u: [(i, w) for i, w in zip(its, ws, strict=True) if i >= 0]
-            for u, its, ws in zip(touched, tail_items.tolist(), tail_weights.tolist(), strict=True)
-        }
-        histories: list[list[tuple[int, float]]] = []
-        item_list, weight_list = items.tolist(), weights.tolist()
-        for u, i, w in zip(user_rows.tolist(), item_list, weight_list, strict=True):
-            histories.append(recent[u][-n_recent:])
-            recent[u] = [*recent[u][-n_recent + 1 :], (i, w)]
-        self.cooc.observe_many(item_list, weight_list, histories)
+        users = user_rows.cpu().numpy()
+        touched, user = np.unique(users, return_inverse=True)
+        tail_items, tail_weights = self.users.recent(torch.from_numpy(touched), n_recent)
+        n_recent = tail_items.shape[1]
+        # Each event's number among its user's events of this batch (batch order).
+        order = np.argsort(user, kind="stable")
+        per_user = np.bincount(user)
+        nth = np.empty_like(user)
+        nth[order] = np.arange(len(user)) - (np.cumsum(per_user) - per_user)[user[order]]
+        # A user's sequence: their pre-batch tail (right-aligned, -1 padded), then this batch's
+        # events; event number k sees the n_recent entries before it, positions k .. k+n-1.
+        width = n_recent + int(per_user.max())
+        seq_items = np.full((len(touched), width), -1, dtype=np.int64)
+        seq_weights = np.zeros((len(touched), width), dtype=np.float64)
+        seq_items[:, :n_recent] = tail_items.cpu().numpy()
+        seq_weights[:, :n_recent] = tail_weights.cpu().numpy()
+        item_np, weight_np = items.cpu().numpy(), weights.cpu().numpy().astype(np.float64)
+        seq_items[user, n_recent + nth] = item_np
+        seq_weights[user, n_recent + nth] = weight_np
+        window = nth[:, None] + np.arange(n_recent)[None, :]
+        self.cooc.observe_batch(
+            item_np, weight_np, seq_items[user[:, None], window], seq_weights[user[:, None], window]
+        )
 
     def _signals(self, user_rows: Sequence[int | None]) -> list[Tensor]:
         """The non-bilinear signals, each broadcastable to ``(users, num_rows)``, in [0, 1]."""
@@ -664,7 +709,8 @@ class Recommender:
         with torch.no_grad():
             top: tuple[Tensor, Tensor] | None = None
             if n:
-                top = self._ranked(rows, vectors, counts, alpha, k)
+                top, head = self._ranked(rows, vectors, counts, alpha, k)
+                self._remember_pools(rows, head)
             because_all = self._because_many(rows, top[1]) if explain and top is not None else None
         # One conversion to Python lists for the whole batch, then plain loops.
         scores = top[0].tolist() if top is not None else [[] for _ in user_ids]
@@ -711,20 +757,25 @@ class Recommender:
         counts: Tensor,
         alpha: Tensor,
         k: int,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """Each user's list ``(relevance scores, item rows)``: the top ``k`` by relevance, or,
         with diversity or per-value caps, ``k`` picked greedily (``learner.rerank``) from the
         top ``rerank_pool``. Rows the rules exclude never enter the pool. A user the caps left
-        short although the pool was full is re-ranked over the whole catalog (back-fill)."""
+        short although the pool was full is re-ranked over the whole catalog (back-fill).
+
+        Also returns the head of each user's relevance order (``_hard_pool()`` item rows,
+        ``-1`` past the eligible ones): the hard-negative pool ``learn`` draws from next."""
         n = self.items.num_rows
         rules = self.rules
         allowed = self._allowed(n)
         capped = rules is not None and rules.has_caps
         rerank = self.config.diversity > 0 or capped
-        width = min(n, max(k, self.config.rerank_pool)) if rerank else k
+        pool = self.users.pool_len
+        width = min(n, max(k, pool, self.config.rerank_pool if rerank else 0))
         top = self._top(rows, vectors, counts, alpha, width, allowed)
+        head = top[1][:, :pool].masked_fill(~torch.isfinite(top[0][:, :pool]), -1)
         if not rerank:
-            return top
+            return (top[0][:, :k], top[1][:, :k]), head
         picked = self._rerank(*top, k)
         short = (torch.isfinite(picked[0]).sum(dim=1) < k) & torch.isfinite(top[0][:, -1])
         if width < n and bool(short.any()):
@@ -739,7 +790,20 @@ class Recommender:
             )
             again = self._rerank(*full, k)
             picked[0][redo], picked[1][redo] = again
-        return picked
+        return picked, head
+
+    def _hard_pool(self) -> int:
+        """How many of a user's top items hard negatives are drawn from (0: none are)."""
+        hard = round(self.config.head.negatives * self.config.hard_negatives)
+        return self.config.hard_negative_pool if hard else 0
+
+    def _remember_pools(self, rows: Sequence[int | None], head: Tensor) -> None:
+        """Keep each known user's list head for the next ``learn`` (see ``_queue_pairs``)."""
+        if not self.users.pool_len:
+            return
+        at = [i for i, r in enumerate(rows) if r is not None]
+        if at:
+            self.users.remember_pools([rows[i] for i in at], head[at])  # type: ignore[misc]
 
     def _allowed(self, n: int) -> Tensor | None:
         """``(n,)``: the rows the business rules let into any list; None without exclusions."""
@@ -803,15 +867,15 @@ class Recommender:
         trend = _minmax(self.trending.scores(n), live) if bool((alpha < 1).any()) else None
         step = max(1, _SCORE_ELEMENTS // n)
         values, indices = [], []
+        everything = bool(rankable.all())
         for a in range(0, len(rows), step):
             part, b = rows[a : a + step], a + step
-            signals = self._signals(part) if self.head.n_signals else []
-            scores = self._personal_scores(vectors[a:b], counts[a:b], signals)
+            scores = self._personal_scores(vectors[a:b], counts[a:b], part)
             mixing = torch.nonzero(alpha[a:b] < 1).squeeze(-1)
             if trend is not None and mixing.numel():
-                w = alpha[a:b][mixing].unsqueeze(-1)
-                scores[mixing] = w * _minmax_rows(scores[mixing], live) + (1 - w) * trend
-            scores = scores.masked_fill(~rankable.unsqueeze(0), float("-inf"))
+                scores[mixing] = _blend(scores[mixing], alpha[a:b][mixing], trend, live)
+            if not everything:
+                scores = scores.masked_fill(~rankable.unsqueeze(0), float("-inf"))
             who, what = self.users.exclusions(part)
             scores[who, what] = float("-inf")
             top = torch.topk(scores, k=min(k, n), dim=-1)
@@ -1069,14 +1133,28 @@ def _minmax(v: Tensor, live: Tensor) -> Tensor:
     return (v - lo) / (hi - lo).clamp(min=1e-12)
 
 
-def _minmax_rows(m: Tensor, live: Tensor) -> Tensor:
-    """Scale each row of ``m`` to [0, 1] over the live columns."""
+def _row_range(m: Tensor, live: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's ``(min, max)`` over the live columns, as ``(B, 1)`` tensors."""
+    lo, hi = torch.aminmax(m if bool(live.all()) else m[:, live], dim=1, keepdim=True)
+    return lo, hi
+
+
+def _blend(personal: Tensor, alpha: Tensor, trend: Tensor, live: Tensor) -> Tensor:
+    """``alpha * minmax(personal) + (1 - alpha) * trend`` per row, in place of ``personal``:
+    a cold user's list, their own scores scaled to [0, 1] over the live items and mixed with
+    trending (also in [0, 1]) by how much history they have.
+
+    Examples
+    --------
+    >>> _blend(torch.tensor([[2.0, 4.0, 3.0]]), torch.tensor([0.5]),
+    ...        torch.tensor([1.0, 0.0, 0.0]), torch.ones(3, dtype=torch.bool)).tolist()
+    [[0.5, 0.5, 0.25]]
+    """
     if not bool(live.any()):
-        return torch.zeros_like(m)
-    masked = m[:, live]
-    lo = masked.min(dim=1, keepdim=True).values
-    hi = masked.max(dim=1, keepdim=True).values
-    return (m - lo) / (hi - lo).clamp(min=1e-12)
+        return torch.outer(1 - alpha, trend)
+    lo, hi = _row_range(personal, live)
+    scale = alpha.unsqueeze(-1) / (hi - lo).clamp(min=1e-12)
+    return personal.sub_(lo).mul_(scale).addr_(1 - alpha, trend)
 
 
 def _distinct_rows(rows: Tensor) -> Tensor:

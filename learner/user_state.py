@@ -90,7 +90,8 @@ class UserSnapshot:
     item ids that left the history; ``seen`` the hashes of the ids of the user's last events
     (oldest first) that make a re-delivered event a no-op; ``encoder`` the name of the encoder
     whose embedding space ``vector`` lives in ("" where unknown: a record from before it was
-    kept).
+    kept); ``ranked`` the head of the list last ranked for the user (item ids, best first),
+    where the learner draws the user's hard negatives from (empty where none was kept).
     """
 
     user_id: str
@@ -101,6 +102,7 @@ class UserSnapshot:
     consumed: tuple[str, ...] = ()
     seen: tuple[int, ...] = ()
     encoder: str = ""
+    ranked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,12 @@ class UserStateStore:
     out of the ring are still "consumed" (never recommended again): they spill into a compact
     int32 array for that user only, bounded by ``max_consumed``. There are no per-event Python
     objects, so state costs the same bytes per user however long the worker runs.
+
+    With ``pool_len`` each user also keeps the top ``pool_len`` item rows of the list last
+    ranked for them (4 bytes each, :meth:`remember_pools`): the learner draws its hard
+    negatives from it (``Recommender.learn``), so it need not score the catalog a second time.
+    Snapshots carry it (as item ids), so a user restored from the changelog or brought back
+    after eviction learns exactly as if it had never left.
 
     Each user also remembers the hashes of its last ``dedup_window`` event ids (8 bytes each),
     so that an event delivered again (a restart replaying uncommitted records, a producer
@@ -154,6 +162,7 @@ class UserStateStore:
         capacity: int = 1024,
         max_consumed: int = 10_000,
         dedup_window: int = 16,
+        pool_len: int = 0,
     ) -> None:
         if history_len < 1:
             raise ValueError(f"history_len must be >= 1, got {history_len}")
@@ -177,6 +186,8 @@ class UserStateStore:
         # Hashes of the last event ids (slot = event number % window; 0 = empty) and shard tags.
         self._seen = np.zeros((capacity, max(1, dedup_window)), dtype=np.int64)
         self._shard = np.full(capacity, -1, dtype=np.int16)
+        # The head of each user's last ranked list (-1: none yet), for hard negatives.
+        self._pool = np.full((capacity, max(0, pool_len)), -1, dtype=np.int32)
         self._free: list[int] = []  # rows of removed users, reused first
 
     def __len__(self) -> int:
@@ -214,6 +225,7 @@ class UserStateStore:
         self._ring_counts = _grow_np(self._ring_counts, new_cap, 0)
         self._seen = _grow_np(self._seen, new_cap, 0)
         self._shard = _grow_np(self._shard, new_cap, -1)
+        self._pool = _grow_np(self._pool, new_cap, -1)
 
     def fold(
         self,
@@ -302,6 +314,38 @@ class UserStateStore:
             for row, eh in zip(rows, hashes, strict=True)
         ]
 
+    # -- the last ranked lists (hard negatives) ---------------------------------------------
+
+    @property
+    def pool_len(self) -> int:
+        return int(self._pool.shape[1])
+
+    def remember_pools(self, rows: Sequence[int], items: Tensor) -> None:
+        """Keep ``items`` (``(len(rows), w)`` item rows, best first, ``-1`` for none) as the
+        head of each row's last ranked list; only the first ``pool_len`` columns are kept.
+
+        Examples
+        --------
+        >>> store = UserStateStore(dim=1, half_life_s=1.0, pool_len=2)
+        >>> rows = store.rows_for(["u", "v"]).tolist()
+        >>> store.remember_pools(rows, torch.tensor([[7, 3, 5], [4, -1, -1]]))
+        >>> store.pools(torch.tensor(rows)).tolist()
+        [[7, 3], [4, -1]]
+        """
+        width = self.pool_len
+        if not width or not len(rows):
+            return
+        head = items[:, :width].cpu().numpy().astype(np.int32)
+        r = np.asarray(rows, dtype=np.int64)
+        self._pool[r] = -1
+        self._pool[r, : head.shape[1]] = head
+
+    def pools(self, rows: Tensor) -> Tensor:
+        """The remembered list heads of ``rows`` as an ``(len(rows), pool_len)`` long tensor
+        (``-1`` where there is none)."""
+        out = self._pool[rows.cpu().numpy()].astype(np.int64)
+        return torch.from_numpy(out).to(self.device)
+
     # -- shards, removal, snapshots ---------------------------------------------------------
 
     def set_shard(self, rows: Tensor | Sequence[int], shard: Sequence[int]) -> None:
@@ -340,29 +384,62 @@ class UserStateStore:
         self._ring_counts[row] = 0
         self._seen[row] = 0
         self._shard[row] = -1
+        self._pool[row] = -1
         self._spilled.pop(row, None)
 
     def snapshot(self, user_id: str, item_id: Callable[[int], str | None]) -> UserSnapshot:
         """The user's state with item rows turned into ids by ``item_id`` (``None``: the row
         holds no item any more, and the entry is left out)."""
-        row = self._rows[user_id]
-        history = []
-        for entry in self.history_of_row(row):
-            iid = item_id(entry.item_row) if entry.item_row >= 0 else None
-            if iid is not None:
-                history.append((iid, entry.weight, entry.ts_ms))
-        consumed = [iid for r in self._spilled.get(row, ()) if (iid := item_id(r)) is not None]
-        c, window = int(self._ring_counts[row]), self._seen.shape[1]
-        seen = [int(self._seen[row, n % window]) for n in range(max(0, c - window), c)]
-        return UserSnapshot(
-            user_id=user_id,
-            vector=self.vectors[row].cpu().numpy().astype("<f4").tobytes(),
-            last_ts_ms=int(self.last_ts_ms[row]),
-            count=int(self.counts[row]),
-            history=tuple(history),
-            consumed=tuple(consumed),
-            seen=tuple(h for h in seen if h) if self.dedup_window else (),
-        )
+        return self.snapshots([user_id], item_id)[0]
+
+    def snapshots(
+        self, user_ids: Sequence[str], item_id: Callable[[int], str | None], encoder: str = ""
+    ) -> list[UserSnapshot]:
+        """:meth:`snapshot` of each of ``user_ids`` (all known), gathered with one array
+        operation per field for the whole batch: the worker writes one per touched user
+        after every batch (the changelog), so the per-user Python work is kept to building
+        the record itself; ``encoder`` tags every snapshot (see :class:`UserSnapshot`)."""
+        if not user_ids:
+            return []
+        rows = np.array([self._rows[uid] for uid in user_ids], dtype=np.int64)
+        at = torch.from_numpy(rows).to(self.device)
+        vectors = self.vectors[at].cpu().numpy().astype("<f4")
+        last_ts, counts = self.last_ts_ms[at].tolist(), self.counts[at].tolist()
+        # History rings in entry order, oldest first (-1: no entry), as in _ring_order.
+        h, c = self.history_len, self._ring_counts[rows]
+        entry = c[:, None] + (np.arange(h) - h)[None, :]
+        slot = np.where(entry >= 0, entry, 0) % h
+        items = np.where(entry >= 0, self._ring_items[rows[:, None], slot], -1).tolist()
+        weights = self._ring_weights[rows[:, None], slot].tolist()
+        ts_ms = ((self._ring_ts_s[rows[:, None], slot].astype(np.int64) + _EPOCH_S) * 1000).tolist()
+        window = self._seen.shape[1]
+        seen_at = c[:, None] + (np.arange(window) - window)[None, :]
+        seen = np.where(seen_at >= 0, self._seen[rows[:, None], np.maximum(seen_at, 0) % window], 0)
+        seen_lists = seen.tolist() if self.dedup_window else [[] for _ in user_ids]
+        pools = self._pool[rows].tolist()
+        out = []
+        for i, (uid, row) in enumerate(zip(user_ids, rows.tolist(), strict=True)):
+            history = tuple(
+                (iid, w, t)
+                for r, w, t in zip(items[i], weights[i], ts_ms[i], strict=True)
+                if r >= 0 and (iid := item_id(r)) is not None
+            )
+            spilled = self._spilled.get(row, ())
+            consumed = tuple(iid for r in spilled if (iid := item_id(r)) is not None)
+            out.append(
+                UserSnapshot(
+                    user_id=uid,
+                    vector=vectors[i].tobytes(),
+                    last_ts_ms=last_ts[i],
+                    count=counts[i],
+                    history=history,
+                    consumed=consumed,
+                    seen=tuple(x for x in seen_lists[i] if x),
+                    encoder=encoder,
+                    ranked=tuple(iid for r in pools[i] if r >= 0 and (iid := item_id(r))),
+                )
+            )
+        return out
 
     def restore(
         self, snapshot: UserSnapshot, item_row: Callable[[str], int | None], shard: int = -1
@@ -413,6 +490,9 @@ class UserStateStore:
             seen = snapshot.seen[-window:]
             for n, eh in zip(range(count - len(seen), count), seen, strict=True):
                 self._seen[row, n % window] = eh
+        ranked = [r for iid in snapshot.ranked if (r := item_row(iid)) is not None]
+        ranked = ranked[: self.pool_len]
+        self._pool[row, : len(ranked)] = ranked
         self._shard[row] = shard
         return row
 
@@ -567,8 +647,9 @@ class UserStateStore:
             "vectors": self.vectors.element_size() * self.vectors.nelement(),
             "times_counts": 8 * per_row * 3,
             "history_rings": ring,
+            "ranked_pools": self._pool.nbytes,
             "spilled": sum(4 * len(a) + 64 for a in self._spilled.values()),
-            "per_user_estimate": (ring + 8 * per_row * 3) // n,
+            "per_user_estimate": (ring + self._pool.nbytes + 8 * per_row * 3) // n,
         }
 
 

@@ -430,3 +430,31 @@ def test_trending_counts_late_events_at_their_own_age() -> None:
     pop.observe(torch.tensor([0]), torch.ones(1), torch.tensor([60_000]))
     pop.observe(torch.tensor([1]), torch.ones(1), torch.tensor([0]))
     assert torch.allclose(pop.scores(2), torch.tensor([1.0, 0.5]))
+
+
+def test_co_occurrence_learned_from_a_batch_equals_learning_its_events_one_by_one(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    """Each event pairs with its user's recent items, earlier events of its own batch included,
+    however the events are cut into batches (histories longer than ``cooc_history`` too)."""
+    import random
+
+    rng = random.Random(5)
+    names = list(make_recommender().items.ids)
+    events = [
+        make_event(f"u{rng.randrange(4)}", rng.choice(names), rng.choice(["click", "purchase"]))
+        for _ in range(80)
+    ]
+    batched = make_recommender(train=False, cooc_history=5)
+    single = make_recommender(train=False, cooc_history=5)
+    for at in range(0, len(events), 27):
+        batched.learn(events[at : at + 27])
+    for ev in events:
+        single.learn([ev])
+    assert batched.cooc is not None and single.cooc is not None
+    rows = torch.arange(batched.items.num_rows)
+    assert torch.allclose(batched.cooc.mass[rows], single.cooc.mass[rows])
+    assert torch.allclose(
+        batched.cooc.similarity(rows, rows), single.cooc.similarity(rows, rows), atol=1e-6
+    )
+    assert float(single.cooc.similarity(rows, rows).sum()) > 0

@@ -4,6 +4,7 @@ and re-delivered events as no-ops (DESIGN §5), over in-memory edges."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -23,9 +24,13 @@ from serving.exceptions import PublishError
 pytestmark = pytest.mark.timeout(60)
 
 
-def all_snapshots(rec: Recommender) -> dict[str, UserSnapshot]:
+def all_snapshots(rec: Recommender, *, ranked: bool = False) -> dict[str, UserSnapshot]:
+    """Every user's snapshot. ``ranked`` (the head of the user's last ranked list) is left
+    out unless asked for: it follows the shared head, which runs compared here do not always
+    share (a fresh worker's head, or one that also learned an aborted batch)."""
     users = list(rec.users._rows)
-    return {s.user_id: s for s in rec.snapshot_users(users)}
+    snaps = rec.snapshot_users(users)
+    return {s.user_id: s if ranked else replace(s, ranked=()) for s in snaps}
 
 
 def stream(event_record: Callable[..., Record], n: int, users: int = 4) -> list[Record]:
@@ -138,7 +143,7 @@ def test_every_processed_users_state_is_in_the_changelog_before_the_commit(
     rig = make_worker(stream(event_record, 12), state_log=state, batch_size=5)
     rig.worker.run(until=lambda: rig.source.exhausted)
     logged = {uid: decode_state(v) for p in state.partitions.values() for uid, v in p.items()}
-    assert logged == all_snapshots(rig.worker.recommender)
+    assert logged == all_snapshots(rig.worker.recommender, ranked=True)
     assert set(state.partitions[0]) == {"u0", "u2"} and set(state.partitions[1]) == {"u1", "u3"}
     assert rig.source.committed == {("freshrec.events", 0): 11, ("freshrec.events", 1): 12}
     assert rig.sample("freshrec_state_records_written_total") == state.writes
@@ -153,7 +158,9 @@ def test_a_new_worker_restores_its_partitions_users_identically(
     second = make_worker([], state_log=state)
     second.worker.on_assign([("freshrec.events", 0), ("freshrec.events", 1)])
     second.worker.step()
-    assert all_snapshots(second.worker.recommender) == all_snapshots(first.worker.recommender)
+    restored = all_snapshots(second.worker.recommender, ranked=True)
+    assert restored == all_snapshots(first.worker.recommender, ranked=True)
+    assert all(snap.ranked for snap in restored.values())  # hard negatives come back too
     assert second.sample("freshrec_state_restored_users_total") == 4
     assert second.sample("freshrec_state_restore_seconds_count") == 2
 
@@ -300,11 +307,14 @@ def test_a_rolled_back_batch_is_redone_from_committed_state_and_counted_once(
 # -- bounded memory: users beyond the bound wait in the local store ---------------------------
 
 
-def everyone(rig: Any) -> dict[str, UserSnapshot]:
-    """Every user's state, in memory or waiting in the local store."""
-    out = all_snapshots(rig.worker.recommender)
+def everyone(rig: Any, *, ranked: bool = False) -> dict[str, UserSnapshot]:
+    """Every user's state, in memory or waiting in the local store (``ranked``: as in
+    :func:`all_snapshots`)."""
+    out = all_snapshots(rig.worker.recommender, ranked=ranked)
     stored = rig.worker.residency.store.get([f"u{k}" for k in range(100)])
-    out.update({s.user_id: s for s, _ in stored if s.user_id not in out})
+    for snap, _ in stored:
+        if snap.user_id not in out:
+            out[snap.user_id] = snap if ranked else replace(snap, ranked=())
     return out
 
 
@@ -330,7 +340,9 @@ def test_memory_holds_at_most_the_bound_and_no_users_state_is_lost(
         sizes.append(len(rig.worker.recommender.users))
     assert max(sizes) <= 3 + 4  # the bound, plus a batch's users until it is committed
     assert sizes[-1] <= 3
-    assert everyone(rig) == all_snapshots(plain.worker.recommender)
+    # Evicted users come back with their last list too, so they learn exactly as if they had
+    # stayed: the same negatives, the same head, the same lists.
+    assert everyone(rig, ranked=True) == all_snapshots(plain.worker.recommender, ranked=True)
     assert rig.sample("freshrec_users_evicted_total") > 0
     assert rig.sample("freshrec_users_loaded_total") > 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -237,3 +238,67 @@ def test_state_bytes_per_user_do_not_grow_with_events_inside_the_ring() -> None:
     for t in range(40):
         fold_batch(s, [(f"u{i}", t, [1.0, 0.0], 1.0, t) for i in range(5)])
     assert s.state_bytes() == before
+
+
+# -- snapshots of a batch and the remembered list heads -----------------------------------
+
+
+def test_batch_snapshots_hold_each_users_own_history_consumed_items_and_event_ids() -> None:
+    rng = random.Random(3)
+    s = store(dim=3, history_len=4, dedup_window=3)
+    users = [f"u{i}" for i in range(6)]
+    for n in range(60):
+        uid = rng.choice(users)
+        s.fold(
+            s.rows_for([uid]),
+            torch.tensor([rng.randrange(30)]),
+            torch.randn(1, 3),
+            torch.tensor([rng.choice([0.25, 1.0, 3.0])]),
+            torch.tensor([n * 1000]),
+            event_hashes=[1000 + n],
+        )
+    name = {r: f"item-{r}" for r in range(30)}.get
+    snaps = s.snapshots(users[::-1], name, encoder="enc")
+    assert [snap.user_id for snap in snaps] == users[::-1]
+    for snap in snaps:
+        row = s.row(snap.user_id)
+        assert row is not None
+        history = s.history(snap.user_id)
+        assert snap.history == tuple((name(e.item_row), e.weight, e.ts_ms) for e in history)
+        assert snap.count == s.event_count(snap.user_id)
+        assert snap.vector == s.vectors[row].numpy().astype("<f4").tobytes()
+        assert snap.last_ts_ms == int(s.last_ts_ms[row])
+        consumed = set(snap.consumed) | {iid for iid, _, _ in snap.history}
+        assert consumed == {name(r) for r in s.consumed(snap.user_id)}
+        # The ids of the user's last (up to) 3 events, oldest first.
+        assert len(snap.seen) == min(3, snap.count)
+        assert list(snap.seen) == sorted(snap.seen)
+        assert snap.encoder == "enc"
+        assert s.snapshot(snap.user_id, name) == replace(snap, encoder="")
+
+
+def test_a_snapshot_leaves_out_history_entries_whose_item_has_no_id_any_more() -> None:
+    s = store(dim=2)
+    fold_batch(s, [("u", 0, [1.0, 0.0], 1.0, 0), ("u", 1, [0.0, 1.0], 1.0, 1000)])
+    snap = s.snapshot("u", lambda r: None if r == 0 else f"i{r}")
+    assert [iid for iid, _, _ in snap.history] == ["i1"]
+
+
+def test_remembered_list_heads_are_kept_per_user_and_cleared_with_the_user() -> None:
+    s = store(dim=2, pool_len=3)
+    rows = s.rows_for(["a", "b"])
+    s.remember_pools(rows.tolist(), torch.tensor([[5, 6, 7, 8], [9, -1, -1, -1]]))
+    assert s.pools(rows).tolist() == [[5, 6, 7], [9, -1, -1]]
+    s.remember_pools([int(rows[0])], torch.tensor([[1]]))  # a shorter list replaces all of it
+    assert s.pools(rows[:1]).tolist() == [[1, -1, -1]]
+    s.remove(["a"])
+    again = s.rows_for(["c"])  # reuses a's row
+    assert int(again[0]) == int(rows[0])
+    assert s.pools(again).tolist() == [[-1, -1, -1]]
+
+
+def test_a_store_without_list_heads_keeps_none() -> None:
+    s = store(dim=2)
+    rows = s.rows_for(["a"])
+    s.remember_pools(rows.tolist(), torch.tensor([[5, 6]]))
+    assert s.pools(rows).shape == (1, 0)
