@@ -317,9 +317,11 @@ class Worker:
         while True:
             try:
                 with self._timed("publish"):
-                    self._publish(recs)
+                    self.publisher.publish(recs)
                 with self._timed("state"):
                     self._write_state(batch)
+                with self._timed("flush"):
+                    self._flush()
                 break
             except PublishError as err:
                 if self.committer.transactional or self.stopping:
@@ -574,21 +576,24 @@ class Worker:
         users = list(dict.fromkeys(ev.user_id for ev in events))  # one list per user per batch
         return self.recommender.recommend(users, self.top_k)
 
-    def _publish(self, recs: Sequence[UserRecommendation]) -> None:
-        self.publisher.publish(recs)
-        self.publisher.flush()
-        self.dlq.flush()
-
     def _write_state(self, batch: _Batch) -> None:
-        """Write the batch's users' new state to the changelog and wait until it is durable:
-        the commit that follows must never get ahead of the state it implies."""
+        """Send the batch's users' new state to the changelog (``_flush`` waits for it): the
+        commit that follows must never get ahead of the state it implies."""
         if self.state_log is None or not batch.events:
             return
         partition_of = batch.partition_of_users()
         snapshots = self.recommender.snapshot_users(list(partition_of))
         self.state_log.write(snapshots, [partition_of[s.user_id] for s in snapshots])
-        self.state_log.flush()
         self.metrics.state_records_written.inc(len(snapshots))
+
+    def _flush(self) -> None:
+        """Wait until the batch's lists, dead letters and state records are all delivered.
+        They share one producer, so this is one wait for the broker's acknowledgements, not
+        one per kind; each kind then checks its own sends."""
+        self.publisher.flush()
+        self.dlq.flush()
+        if self.state_log is not None:
+            self.state_log.flush()
 
     def _update_lag(self) -> None:
         """Lag per partition, and whether it is stalled: records waiting (lag above 0) but no

@@ -1005,16 +1005,19 @@ class Recommender:
         safe = cand.clamp(min=0)
         valid = (cand >= 0) & live[safe]
 
-        # Exactly the terms and order of _personal_scores, at the candidates only.
-        flat = safe.reshape(-1)
+        # The terms of _personal_scores, at the candidates only. Candidates repeat across the
+        # chunk's users (popular items, shared topics), so their vectors are gathered once and
+        # scored with one matrix product, then each user takes their own columns: gathering a
+        # vector per (user, candidate) pair from a large catalog costs far more than the product.
+        distinct, where = torch.unique(safe.reshape(-1), return_inverse=True)
         if self.head.fusion is None:
-            x = self.items.embeddings.index_select(0, flat).add_(
-                self.head.delta.index_select(0, flat)
+            x = self.items.embeddings.index_select(0, distinct).add_(
+                self.head.delta.index_select(0, distinct)
             )
         else:
-            x = self.head.vectors_at(self.items.embeddings, flat, self.items.image_view())
-        bilinear = torch.bmm(x.view(u, -1, x.shape[-1]), q.unsqueeze(-1)).squeeze(-1)
-        scores = w[:, :1] * bilinear + self.head.bias[safe]
+            x = self.head.vectors_at(self.items.embeddings, distinct, self.items.image_view())
+        scores = torch.addmm(self.head.bias[distinct].unsqueeze(0), q * w[:, :1], x.T)
+        scores = scores.gather(1, where.view(u, -1))
         for s_i, sig in enumerate(signals):
             if sig is not None:
                 value = sig[safe]
@@ -1076,12 +1079,31 @@ class Recommender:
         if b == 0 or k == 0:
             return [[None] * k for _ in range(b)]
         hist, w_raw, ts_ms = self.users.recent(rows, self.users.history_len, with_times=True)
-        # Histories are right-aligned: the batch's longest one bounds the columns worth scoring
-        # (most users have short histories, and the cost below is per column).
-        h_len = int((hist >= 0).sum(dim=1).max())
-        if h_len == 0:
-            return [[None] * k for _ in range(b)]
-        hist, w_raw, ts_ms = hist[:, -h_len:], w_raw[:, -h_len:], ts_ms[:, -h_len:]
+        # Histories are right-aligned and the cost below is per column, so users go in groups
+        # of similar history length, each scored over its own longest history only: most users
+        # have short histories, and one long one would otherwise widen everyone's.
+        length = (hist >= 0).sum(dim=1)
+        best = torch.full((b, k), -1, dtype=torch.long, device=self.device)
+        width = torch.clamp(
+            2 ** torch.ceil(torch.log2(length.clamp(min=1).float())), max=hist.shape[1]
+        )
+        for h_len in torch.unique(width[length > 0]).tolist():
+            group = torch.nonzero((width == h_len) & (length > 0)).squeeze(-1)
+            h = int(h_len)
+            best[group] = self._because_group(
+                hist[group, -h:], w_raw[group, -h:], ts_ms[group, -h:], item_rows[group]
+            )
+        picked = best.tolist()
+        ids = self.items.ids
+        return [[ids[r] if r >= 0 else None for r in picked[i]] for i in range(b)]
+
+    def _because_group(
+        self, hist: Tensor, w_raw: Tensor, ts_ms: Tensor, item_rows: Tensor
+    ) -> Tensor:
+        """:meth:`_because_many` for users whose (right-aligned) histories fit ``hist``'s
+        columns: the best history item row for each recommended row, ``(B, K)``."""
+        b, k = item_rows.shape
+        h_len = hist.shape[1]
         present = hist >= 0
         length = present.sum(dim=1)
         newest = ts_ms.masked_fill(~present, torch.iinfo(torch.int64).min).max(dim=1).values
@@ -1108,9 +1130,7 @@ class Recommender:
             share = mix[:, 1:2] * a / a.sum(dim=1, keepdim=True).clamp(min=1e-9)
             contrib = contrib + share.unsqueeze(-1) * sim
         contrib = contrib.masked_fill(~present.unsqueeze(-1), float("-inf"))
-        best = hist.gather(1, contrib.argmax(dim=1)).tolist()  # (B, K) history item rows
-        ids = self.items.ids
-        return [[ids[r] for r in best[i]] if int(length[i]) else [None] * k for i in range(b)]
+        return hist.gather(1, contrib.argmax(dim=1))  # (B, K) history item rows
 
 
 def list_strategy(evidence: float, count: int, min_events: int) -> Strategy:

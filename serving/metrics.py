@@ -9,7 +9,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["STAGES", "WorkerMetrics"]
 
-STAGES = ("decode", "items", "profiles", "restore", "learn", "rank", "publish", "state", "commit")
+STAGES = (
+    "decode",
+    "items",
+    "profiles",
+    "restore",
+    "learn",
+    "rank",
+    "publish",
+    "state",
+    "flush",
+    "commit",
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 

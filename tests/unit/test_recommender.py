@@ -266,6 +266,28 @@ def test_because_of_a_batch_equals_because_one_user_at_a_time(
         assert [it.because for it in listed.items] == because_one_user(rec, user, rows)
 
 
+def test_because_of_users_with_histories_of_many_lengths_equals_one_user_at_a_time(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    """Users of a batch are grouped by history length; each group must still give every user
+    exactly their own ``because`` (lengths 1 to 7 around the groups' bounds 1, 2, 4, 8)."""
+    rec = make_recommender(history_len=8, cooc_history=3)
+    items = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    rng = torch.Generator().manual_seed(4)
+    events = []
+    for u in range(1, 8):
+        picks = torch.randint(0, len(items), (u,), generator=rng).tolist()
+        events += [make_event(f"u{u}", items[p]) for p in picks]
+    rec.learn(events)
+    users = [f"u{u}" for u in range(1, 8)]
+    lists = rec.recommend([*users, "nobody"], k=3, min_events=1)
+    assert [it.because for it in lists[-1].items] == [None] * len(lists[-1].items)
+    for user, listed in zip(users, lists[:-1], strict=True):
+        assert listed.items
+        rows = torch.tensor([rec.items.find(it.item_id) for it in listed.items], dtype=torch.long)
+        assert [it.because for it in listed.items] == because_one_user(rec, user, rows)
+
+
 # -- learning ----------------------------------------------------------------------------
 
 
