@@ -7,6 +7,12 @@ slot's weight plus its own (the space-saving sketch), so frequent pairs are neve
 is ``O(items x M)`` however many pairs there are. Each row's neighbours are kept sorted by
 item row (empty slots, ``-1``, first), so looking a pair up is a binary search. Similarity is
 cosine over co-occurrence: ``C_ij / sqrt(n_i n_j)`` with ``n`` the item's total event weight.
+
+For catalogs of at most ``dense_max_items`` rows the lists are mirrored in a dense
+``(items, items)`` matrix, refreshed row by row as rows change: a batch of users' scores is
+then one sparse-by-dense product (history entries times neighbour rows) instead of a scatter
+of every (history item, neighbour) pair, which at 20 history items and full 1024-neighbour
+rows is millions of writes per batch.
 """
 
 from __future__ import annotations
@@ -34,13 +40,23 @@ class CoOccurrence:
     """
 
     def __init__(
-        self, *, max_neighbours: int = 200, device: torch.device | str = "cpu", capacity: int = 1024
+        self,
+        *,
+        max_neighbours: int = 200,
+        device: torch.device | str = "cpu",
+        capacity: int = 1024,
+        dense_max_items: int = 4096,
     ) -> None:
         self.m = max_neighbours
         self.device = torch.device(device)
         self.idx = torch.full((capacity, self.m), -1, dtype=torch.long, device=self.device)
         self.weight = torch.zeros((capacity, self.m), device=self.device)
         self.mass = torch.zeros(capacity, device=self.device)  # n_i: total event weight of i
+        # The dense mirror of the lists (C[i, j] = the weight of j in i's list), for small
+        # catalogs only (4096 rows: 64 MiB), and the rows changed since it was last refreshed.
+        self.dense_max_items = dense_max_items
+        self._dense: Tensor | None = None
+        self._changed: list[Tensor] = []
 
     def _ensure_capacity(self, n: int) -> None:
         cap = self.idx.shape[0]
@@ -137,6 +153,33 @@ class CoOccurrence:
         )
 
     def _add_pairs(self, rows: Tensor, cols: Tensor, w: Tensor) -> None:
+        """:meth:`_update_pairs`, remembering which rows changed (for the dense mirror)."""
+        self._update_pairs(rows, cols, w)
+        if self._dense is not None:
+            self._changed.append(rows)
+
+    def _dense_matrix(self) -> Tensor | None:
+        """The dense mirror of the neighbour lists, refreshed where rows changed; None for
+        catalogs larger than ``dense_max_items``."""
+        cap = self.idx.shape[0]
+        if cap > self.dense_max_items:
+            self._dense, self._changed = None, []
+            return None
+        if self._dense is None or self._dense.shape[0] != cap:
+            self._dense = torch.zeros((cap, cap), device=self.device)
+            rows = torch.arange(cap, device=self.device)
+        elif self._changed:
+            rows = torch.unique(torch.cat(self._changed))
+        else:
+            return self._dense
+        self._changed = []
+        # Empty slots (-1) carry weight 0: adding them to column 0 changes nothing.
+        fresh = torch.zeros((rows.numel(), cap), device=self.device)
+        fresh.scatter_add_(1, self.idx[rows].clamp(min=0), self.weight[rows])
+        self._dense[rows] = fresh
+        return self._dense
+
+    def _update_pairs(self, rows: Tensor, cols: Tensor, w: Tensor) -> None:
         """Add ``w[p]`` to each pair (rows[p], cols[p]) (pairs distinct), all rows at once.
 
         A pair already listed adds to its slot. The new pairs of a row, heaviest first, take
@@ -247,12 +290,19 @@ class CoOccurrence:
         # the user's weight and 1 / Σ a_j go into each entry too.
         per_user = scale / a.sum(dim=1).clamp(min=1e-9)
         entry = a.reshape(-1)[flat] / self.mass[rows].sqrt().clamp(min=1e-9) * per_user[user]
+        mass = self.mass[:num_rows]
+        inv_norm = torch.where(mass > 0, 1.0 / mass.sqrt().clamp(min=1e-9), 0.0)
+        dense = self._dense_matrix()
+        if dense is not None:  # (users x items, one entry per history item) @ (items x items)
+            entries = torch.sparse_coo_tensor(
+                torch.stack([user, rows]), entry, (b, dense.shape[0]), check_invariants=False
+            ).coalesce()
+            out.addcmul_(torch.sparse.mm(entries, dense)[:, :num_rows], inv_norm)
+            return
         nbr = self.idx[rows]  # (P, M); empty slots are -1 with weight 0
         target = nbr.clamp(min=0) + (user * num_rows).unsqueeze(-1)
         raw = torch.zeros(b * num_rows, device=self.device)
         raw.index_add_(0, target.reshape(-1), (self.weight[rows] * entry.unsqueeze(-1)).reshape(-1))
-        mass = self.mass[:num_rows]
-        inv_norm = torch.where(mass > 0, 1.0 / mass.sqrt().clamp(min=1e-9), 0.0)
         out.addcmul_(raw.view(b, num_rows), inv_norm)
 
     def scores_at(self, history: Tensor, history_weights: Tensor, cols: Tensor) -> Tensor:

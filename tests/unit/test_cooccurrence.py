@@ -106,3 +106,24 @@ def test_batched_scores_and_similarities_equal_the_one_user_versions() -> None:
                 assert torch.allclose(sims[b, h], expected, atol=1e-5)
             else:
                 assert sims[b, h].abs().sum() == 0
+
+
+def test_the_dense_mirror_scores_like_the_lists_while_rows_change_and_evict() -> None:
+    """Small catalogs score through a dense copy of the lists: it must follow every change,
+    including neighbours evicted from full rows, and the catalog growing."""
+    dense, lists = CoOccurrence(max_neighbours=3), CoOccurrence(max_neighbours=3, dense_max_items=0)
+    hist = torch.tensor([[-1, 2, 5], [4, 0, 7], [-1, -1, -1], [1, 1, 9]])
+    w = torch.tensor([[0.0, 2.0, 1.0], [1.0, 0.5, 3.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
+    for seed in (3, 4, 5):  # scored between updates: the mirror refreshes only changed rows
+        items, weights, histories = _stream(seed)
+        for co in (dense, lists):
+            co.observe_many(items, weights, histories)
+        assert torch.allclose(
+            dense.scores_many(hist, w, num_rows=12), lists.scores_many(hist, w, num_rows=12)
+        )
+    for co in (dense, lists):  # a row past the first capacity: the mirror is rebuilt
+        co.observe_many([2000], [1.0], [[(5, 1.0)]])
+    wide = dense.scores_many(hist, w, num_rows=2001)
+    assert torch.allclose(wide, lists.scores_many(hist, w, num_rows=2001))
+    assert float(wide[0, 2000]) > 0
+    assert dense._dense is not None and lists._dense is None
