@@ -202,6 +202,7 @@ def measure(
     )
     broker.create_topics({f"{prefix}items": 1}, {"cleanup.policy": "compact"})
     out_topic = f"{prefix}recommendations" if mode == "worker" else f"{prefix}bare.out"
+    ready = ""
     if mode == "worker":
         produce_all(
             broker,
@@ -255,6 +256,9 @@ def measure(
         while delivery.lost() and time.monotonic() < drain_until:
             read(reader, mode, delivery)
         reader.close()
+        stages = worker_stages(ready.replace("/readyz", "/metrics")) if mode == "worker" else {}
+        if stages:
+            log("worker ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -270,7 +274,35 @@ def measure(
         "p50_ms": pct(lat, 50),
         "p95_ms": pct(lat, 95),
         "p99_ms": pct(lat, 99),
+        "worker_ms_per_batch": stages,
     }
+
+
+def worker_stages(url: str) -> dict[str, float]:
+    """Mean milliseconds per micro-batch in each stage, from the worker's own
+    ``freshrec_stage_seconds`` (where the latency goes), and the mean batch size."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    sizes = [0.0, 0.0]
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage")
+            if sample.name == "freshrec_stage_seconds_sum" and stage:
+                sums[stage] = sample.value
+            elif sample.name == "freshrec_stage_seconds_count" and stage:
+                counts[stage] = sample.value
+            elif sample.name == "freshrec_batch_size_events_sum":
+                sizes[0] = sample.value
+            elif sample.name == "freshrec_batch_size_events_count":
+                sizes[1] = sample.value
+    out = {k: round(1000.0 * v / counts[k], 1) for k, v in sums.items() if counts.get(k)}
+    if sizes[1]:
+        out["events per batch"] = round(sizes[0] / sizes[1], 1)
+    return out
 
 
 def read(reader: Any, mode: str, delivery: Delivery) -> None:

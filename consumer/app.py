@@ -344,6 +344,7 @@ def build_worker(
         replace_producer=producer.replace,
         residency=residency,
         model_sync=model_sync,
+        threads=config.torch_threads if config.torch_threads > 0 else torch.get_num_threads(),
     )
     return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency, user_feed)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -543,3 +543,60 @@ def test_encoded_events_decode_inside_the_worker_unchanged(make_worker: MakeWork
     rig = make_worker([Record(TOPIC, 0, 0, b"x", encode_event(event))])
     rig.worker.step()
     assert rig.worker.recommender.users.event_count("ü-ser") == 1
+
+
+# -- compute threads ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class SizedBatches(InMemorySource):
+    """Serves its records in batches of the given sizes, one per poll."""
+
+    def __init__(self, records: Sequence[Record], sizes: list[int]) -> None:
+        super().__init__(records)
+        self.sizes = sizes
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        return super().poll(timeout_ms, min(max_records, self.sizes.pop(0)))
+
+
+class ThreadsSeen(InMemoryPublisher):
+    """Records torch's thread count when each batch's lists are published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def publish(self, recs: Sequence[UserRecommendation]) -> None:
+        self.threads.append(torch.get_num_threads())
+        super().publish(recs)
+
+
+def test_a_batch_of_half_the_batch_size_or_more_uses_every_thread_and_a_smaller_one_one(
+    make_worker: MakeWorker, event_record: EventRecord, torch_threads: None
+) -> None:
+    """Behind, the worker computes on all its threads; keeping up (small batches, where
+    latency counts), on one, so that spinning compute threads leave the CPU to Kafka's."""
+    records = [event_record(i) for i in range(4 + 1 + 2)]
+    seen = ThreadsSeen()
+    source = SizedBatches(records, sizes=[4, 1, 2])
+    rig = make_worker(source=source, publisher=seen, batch_size=4, threads=2)
+    for _ in range(3):
+        rig.worker.step()
+    assert seen.threads == [2, 1, 2]
+
+
+def test_without_threads_the_worker_leaves_torchs_setting_alone(
+    make_worker: MakeWorker, event_record: EventRecord, torch_threads: None
+) -> None:
+    torch.set_num_threads(2)
+    seen = ThreadsSeen()
+    rig = make_worker([event_record(0)], publisher=seen, batch_size=4)
+    rig.worker.step()
+    assert seen.threads == [2]
