@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bare_lost": bare["lost"],
                     "worker_lost": worker["lost"],
                     "events": bare["delivered"] + bare["lost"],
+                    "worker_ms_per_batch": worker["worker_ms_per_batch"],
                 }
             )
     finally:

@@ -136,8 +136,9 @@ class WorkerConfig:
     )
     torch_threads: int = _setting(
         0,
-        "CPU threads for torch (0: torch's default, one per core). The per-batch work is "
-        "vectorised: 2 threads ran the worker 1.3x faster than 1 on a 2-core machine",
+        "CPU threads for torch (0: torch's default, one per core), used for batches of at "
+        "least half --batch-size; smaller batches (light traffic, where latency counts) run "
+        "on one, so that spinning compute threads leave the CPU to the Kafka client",
     )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
