@@ -409,21 +409,25 @@ class UserStateStore:
         h, c = self.history_len, self._ring_counts[rows]
         entry = c[:, None] + (np.arange(h) - h)[None, :]
         slot = np.where(entry >= 0, entry, 0) % h
-        items = np.where(entry >= 0, self._ring_items[rows[:, None], slot], -1).tolist()
+        items = np.where(entry >= 0, self._ring_items[rows[:, None], slot], -1)
         weights = self._ring_weights[rows[:, None], slot].tolist()
         ts_ms = ((self._ring_ts_s[rows[:, None], slot].astype(np.int64) + _EPOCH_S) * 1000).tolist()
         window = self._seen.shape[1]
         seen_at = c[:, None] + (np.arange(window) - window)[None, :]
         seen = np.where(seen_at >= 0, self._seen[rows[:, None], np.maximum(seen_at, 0) % window], 0)
         seen_lists = seen.tolist() if self.dedup_window else [[] for _ in user_ids]
-        pools = self._pool[rows].tolist()
+        pools = self._pool[rows]
+        # Item ids looked up once per distinct row of the batch (None: no item), so that each
+        # history below is one zip of three lists rather than a lookup per entry.
+        names = _names_of(np.concatenate([items.reshape(-1), pools.reshape(-1)]), item_id)
+        item_ids, pool_ids = names(items).tolist(), names(pools).tolist()
+        start = (h - np.minimum(c, h)).tolist()  # the first column holding an entry
         out = []
         for i, (uid, row) in enumerate(zip(user_ids, rows.tolist(), strict=True)):
-            history = tuple(
-                (iid, w, t)
-                for r, w, t in zip(items[i], weights[i], ts_ms[i], strict=True)
-                if r >= 0 and (iid := item_id(r)) is not None
-            )
+            a = start[i]
+            history = tuple(zip(item_ids[i][a:], weights[i][a:], ts_ms[i][a:], strict=True))
+            if None in item_ids[i][a:]:  # entries whose item has no id (left out)
+                history = tuple(entry for entry in history if entry[0] is not None)
             spilled = self._spilled.get(row, ())
             consumed = tuple(iid for r in spilled if (iid := item_id(r)) is not None)
             out.append(
@@ -436,7 +440,7 @@ class UserStateStore:
                     consumed=consumed,
                     seen=tuple(x for x in seen_lists[i] if x),
                     encoder=encoder,
-                    ranked=tuple(iid for r in pools[i] if r >= 0 and (iid := item_id(r))),
+                    ranked=tuple(iid for iid in pool_ids[i] if iid),
                 )
             )
         return out
@@ -651,6 +655,23 @@ class UserStateStore:
             "spilled": sum(4 * len(a) + 64 for a in self._spilled.values()),
             "per_user_estimate": (ring + self._pool.nbytes + 8 * per_row * 3) // n,
         }
+
+
+def _names_of(
+    rows: np.ndarray, item_id: Callable[[int], str | None]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A vectorised ``item_id`` for arrays of rows drawn from ``rows`` (``-1``: None), that
+    calls ``item_id`` once per distinct row."""
+    distinct = np.unique(rows[rows >= 0])
+    names = np.empty(len(distinct) + 1, dtype=object)
+    names[:-1] = [item_id(int(r)) for r in distinct]
+    names[-1] = None
+
+    def lookup(a: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(distinct, a)
+        return names[np.where(a >= 0, at, len(distinct))]
+
+    return lookup
 
 
 def _grow(t: Tensor, n: int) -> Tensor:
