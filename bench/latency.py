@@ -287,6 +287,7 @@ def worker_stages(url: str) -> dict[str, float]:
         text = resp.read().decode()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
     sizes = [0.0, 0.0]
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -295,6 +296,9 @@ def worker_stages(url: str) -> dict[str, float]:
                 sums[stage] = sample.value
             elif sample.name == "freshrec_stage_seconds_count" and stage:
                 counts[stage] = sample.value
+            elif sample.name == "freshrec_stage_seconds_bucket" and stage:
+                le = float(sample.labels["le"])
+                buckets.setdefault(stage, []).append((le, sample.value))
             elif sample.name == "freshrec_batch_size_events_sum":
                 sizes[0] = sample.value
             elif sample.name == "freshrec_batch_size_events_count":
@@ -302,6 +306,12 @@ def worker_stages(url: str) -> dict[str, float]:
     out = {k: round(1000.0 * v / counts[k], 1) for k, v in sums.items() if counts.get(k)}
     if sizes[1]:
         out["events per batch"] = round(sizes[0] / sizes[1], 1)
+    # Where the tail comes from: each stage's p99 as the histogram bucket bound it falls in.
+    for stage, bounds in buckets.items():
+        total = counts.get(stage, 0.0)
+        if total:
+            le = next(le for le, n in sorted(bounds) if n >= 0.99 * total)
+            out[f"{stage} p99 <="] = round(1000.0 * le, 1)
     return out
 
 
