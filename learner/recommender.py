@@ -126,8 +126,9 @@ class ModelConfig:
     # worker) 1 means one step per batch; event-at-a-time learning (evaluation) batches its
     # pairs, each still taken from the state before its own event.
     min_train_pairs: int = 1
-    # Share of each pair's negatives taken from the model's own current top items (a pool of
-    # ``hard_negative_pool``), the rest sampled (see HeadConfig.popular_negatives).
+    # Share of each pair's negatives taken from the model's own top items for the user: the
+    # first ``hard_negative_pool`` of the list last ranked for them (kept per user, see
+    # ``_queue_pairs``); the rest sampled (see HeadConfig.popular_negatives).
     hard_negatives: float = 0.5
     hard_negative_pool: int = 20
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -455,8 +456,9 @@ class Recommender:
     ) -> Tensor:
         """The head's score of every item row for each user (no blending, no masking):
         ``w_0 q_u·x_v + b_v + Σ_s w_s f_s(u, v)``. One matrix product starts from the bias,
-        trending is a rank-one update and co-occurrence one scatter, all into the same
-        ``(users, items)`` tensor (``rows`` are the users' state rows, for co-occurrence)."""
+        trending is a rank-one update and co-occurrence is added in place
+        (``CoOccurrence.add_scores``), all into the same ``(users, items)`` tensor (``rows``
+        are the users' state rows, for co-occurrence)."""
         x = self._item_matrix()
         n = x.shape[0]
         w = self.head.mixing(counts)
@@ -532,8 +534,9 @@ class Recommender:
         Hard negatives come from the head of the list last ranked for each user
         (``_remember_pools``): the worker ranks every user it learns from, so that list is
         the model's top for the user's state before this event, and learning need not score
-        the catalog again. A user without one (restored from the changelog, or only ever
-        learned from) is scored here: densely, or from the ANN candidates for large catalogs.
+        the catalog again (a restored user brings theirs in the state record's ``ranked``). A
+        user without one (only ever learned from, or restored from a record without it) is
+        scored here: densely, or from the ANN candidates for large catalogs.
         """
         b = int(pos.numel())
         n_hard = round(self.head.config.negatives * self.config.hard_negatives)
@@ -547,8 +550,16 @@ class Recommender:
             hard, missing = self._pool_negatives(user_rows, pos, n_hard)
             if bool(missing.any()):
                 lost = torch.nonzero(missing).squeeze(-1)
+                # A sampled negative stands in where a user has too few eligible items.
+                spare = (
+                    neg
+                    if neg.shape[1]
+                    else self.head.sample_negatives(
+                        self.items.active, b, self.trending.scores(self.items.capacity), count=1
+                    )
+                )
                 hard[lost] = self._scored_negatives(
-                    user_rows[lost], vectors[lost], pos[lost], neg[lost, 0], n_hard
+                    user_rows[lost], vectors[lost], pos[lost], spare[lost, 0], n_hard
                 )
             neg = torch.cat([neg, hard], dim=1)
         n_sig = self.head.n_signals

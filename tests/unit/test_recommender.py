@@ -345,6 +345,29 @@ def test_first_event_of_a_user_trains_nothing_and_later_events_do(
     assert rec.model_version.endswith("head-1")
 
 
+def test_hard_negatives_come_from_the_users_last_list_without_the_positive_or_deleted_items(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    rec = make_recommender(min_train_pairs=10_000, hard_negatives=1.0, hard_negative_pool=3)
+    rec.learn([make_event("u1", "a")])
+    listed = [it.item_id for it in rec.recommend(["u1"], k=3)[0].items]
+    rec.delete_items([listed[1]])
+    rec.learn([make_event("u1", listed[0])])  # the positive is the list's first item
+    negatives = {rec.items.ids[r] for r in rec._pending[-1][2].reshape(-1).tolist()}
+    assert negatives == {listed[2]}  # what is left of the list once both are out
+
+
+def test_a_user_never_ranked_gets_hard_negatives_scored_from_the_catalog(
+    make_recommender: MakeRecommender, make_event: MakeEvent
+) -> None:
+    rec = make_recommender(min_train_pairs=10_000, hard_negatives=1.0, hard_negative_pool=2)
+    rec.learn([make_event("u1", "a")])
+    rec.learn([make_event("u1", "b")])  # no list was ever ranked for u1
+    negatives = set(rec._pending[-1][2].reshape(-1).tolist())
+    assert rec.items.find("a") not in negatives and rec.items.find("b") not in negatives
+    assert len(negatives) <= 2
+
+
 def test_learning_can_be_switched_off(
     make_recommender: MakeRecommender, make_event: MakeEvent
 ) -> None:
