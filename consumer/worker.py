@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
+from prometheus_client import Counter
 
 from consumer.changelog import StateLog
 from consumer.codec import Limits, decode_event, decode_item, decode_user
@@ -42,6 +43,9 @@ from serving.metrics import WorkerMetrics
 from serving.publisher import Publisher
 
 __all__ = ["ItemUpdates", "StepReport", "Worker"]
+
+# A decoded record of a compacted feed (items, profiles): an upsert or a deletion.
+_Feed = TypeVar("_Feed")
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +144,6 @@ class Worker:
         # Compute threads for a batch at least half of batch_size (0: leave torch's setting);
         # smaller batches run on one (see _use_threads).
         self.threads = threads
-        self._threads_now = 0
         self.poll_timeout_ms = poll_timeout_ms
         self.top_k = top_k
         self.limits = limits or Limits()
@@ -327,10 +330,9 @@ class Worker:
         if self.threads <= 1:
             return
         want = self.threads if 2 * n_records >= self.batch_size else 1
-        if want != self._threads_now:
+        if want != torch.get_num_threads():
             torch.set_num_threads(want)
             set_ann_threads(want)
-            self._threads_now = want
 
     def _deliver(self, recs: Sequence[UserRecommendation], batch: _Batch) -> None:
         """Publish, write state, commit. At-least-once, a delivery that fails (broker down,
@@ -473,21 +475,36 @@ class Worker:
             except TransactionAborted as err:
                 log.error("dead letters of %d %s records lost: %s", n_records, what, err)
 
-    def _apply_profiles(self, records: Sequence[Record]) -> int:
-        """Profile upserts and tombstones, in order; a bad profile record goes to the DLQ."""
-        latest: dict[str, UserProfile | ProfileDeletion] = {}
+    def _latest(
+        self,
+        records: Sequence[Record],
+        decode: Callable[[bytes | None, bytes | None, Limits], _Feed],
+        key: Callable[[_Feed], str],
+        rejected: Counter,
+        what: str,
+    ) -> list[_Feed]:
+        """A feed's records decoded, the last one per key only, in the order of those last
+        ones; a record that does not decode goes to the DLQ and counts in ``rejected``."""
+        latest: dict[str, _Feed] = {}
         for rec in records:
             try:
-                decoded = decode_user(rec.key, rec.value, self.limits)
+                decoded = decode(rec.key, rec.value, self.limits)
             except DecodeError as err:
                 self.dlq.send(rec, err.reason, err.detail)
-                self.metrics.profiles_rejected.labels(reason=err.reason).inc()
-                log.warning("bad profile record %s: %s", rec.source, err)
+                rejected.labels(reason=err.reason).inc()
+                log.warning("bad %s record %s: %s", what, rec.source, err)
                 continue
-            latest.pop(decoded.user_id, None)
-            latest[decoded.user_id] = decoded
-        upserts = [p for p in latest.values() if isinstance(p, UserProfile)]
-        deletions = [p.user_id for p in latest.values() if isinstance(p, ProfileDeletion)]
+            latest.pop(key(decoded), None)
+            latest[key(decoded)] = decoded
+        return list(latest.values())
+
+    def _apply_profiles(self, records: Sequence[Record]) -> int:
+        """Profile upserts and tombstones, in order; a bad profile record goes to the DLQ."""
+        latest = self._latest(
+            records, decode_user, lambda p: p.user_id, self.metrics.profiles_rejected, "profile"
+        )
+        upserts = [p for p in latest if isinstance(p, UserProfile)]
+        deletions = [p.user_id for p in latest if isinstance(p, ProfileDeletion)]
         stored = self.recommender.upsert_profiles(upserts)
         removed = self.recommender.delete_profiles(deletions)
         self.metrics.profiles_updated.labels(op="upsert").inc(stored)
@@ -497,19 +514,11 @@ class Worker:
 
     def _apply_items(self, records: Sequence[Record]) -> int:
         """Upserts and tombstones, in order; a bad item record goes to the DLQ."""
-        latest: dict[str, Item | ItemDeletion] = {}
-        for rec in records:
-            try:
-                decoded = decode_item(rec.key, rec.value, self.limits)
-            except DecodeError as err:
-                self.dlq.send(rec, err.reason, err.detail)
-                self.metrics.items_rejected.labels(reason=err.reason).inc()
-                log.warning("bad item record %s: %s", rec.source, err)
-                continue
-            latest.pop(decoded.item_id, None)
-            latest[decoded.item_id] = decoded
-        upserts = [it for it in latest.values() if isinstance(it, Item)]
-        deletions = [it.item_id for it in latest.values() if isinstance(it, ItemDeletion)]
+        latest = self._latest(
+            records, decode_item, lambda it: it.item_id, self.metrics.items_rejected, "item"
+        )
+        upserts = [it for it in latest if isinstance(it, Item)]
+        deletions = [it.item_id for it in latest if isinstance(it, ItemDeletion)]
         report = self.recommender.upsert_items_report(upserts)
         stored = report.stored
         for item_id, reason in report.bad_images:
