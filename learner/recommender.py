@@ -550,16 +550,9 @@ class Recommender:
             hard, missing = self._pool_negatives(user_rows, pos, n_hard)
             if bool(missing.any()):
                 lost = torch.nonzero(missing).squeeze(-1)
-                # A sampled negative stands in where a user has too few eligible items.
-                spare = (
-                    neg
-                    if neg.shape[1]
-                    else self.head.sample_negatives(
-                        self.items.active, b, self.trending.scores(self.items.capacity), count=1
-                    )
-                )
+                stand_in = neg[lost, 0] if neg.shape[1] else None
                 hard[lost] = self._scored_negatives(
-                    user_rows[lost], vectors[lost], pos[lost], spare[lost, 0], n_hard
+                    user_rows[lost], vectors[lost], pos[lost], stand_in, n_hard
                 )
             neg = torch.cat([neg, hard], dim=1)
         n_sig = self.head.n_signals
@@ -600,12 +593,17 @@ class Recommender:
         return pool.gather(1, pick).clamp(min=0), have == 0
 
     def _scored_negatives(
-        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, fallback: Tensor, count: int
+        self, user_rows: Tensor, vectors: Tensor, pos: Tensor, stand_in: Tensor | None, count: int
     ) -> Tensor:
-        """Hard negatives for users without a remembered list: their top items scored now."""
-        if self._ann_enabled():
-            return self._hard_negatives_ann(user_rows, vectors, pos, fallback, count)
-        return self._hard_negatives(user_rows, vectors, pos, count)
+        """Hard negatives for users without a remembered list: their top items scored now.
+        From ANN candidates, ``stand_in`` (a sampled negative per pair; one is drawn when
+        none is given) fills in where a user has too few eligible items."""
+        if not self._ann_enabled():
+            return self._hard_negatives(user_rows, vectors, pos, count)
+        if stand_in is None:
+            trend = self.trending.scores(self.items.capacity)
+            stand_in = self.head.sample_negatives(self.items.active, len(pos), trend, count=1)[:, 0]
+        return self._hard_negatives_ann(user_rows, vectors, pos, stand_in, count)
 
     def _train_step(self) -> tuple[float, int]:
         """One BPR step on the pending pairs."""

@@ -385,3 +385,15 @@ def test_the_learner_runs_without_faiss_below_the_ann_threshold() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "5"
+
+
+def test_learning_with_ann_on_and_only_hard_negatives_trains_users_never_ranked() -> None:
+    """With every negative hard there is no sampled one to stand in for a user short of
+    eligible candidates: the ANN path draws its own."""
+    rec, users = build(hard_negatives=1.0)  # build() learns without ranking anyone
+    ann_on(rec)
+    events = [
+        Event(f"x{i}", users[i], f"i{i}", "click", None, T0_MS + 10_000 + i) for i in range(20)
+    ]
+    report = rec.learn(events)
+    assert report.trained_pairs == 20 * rec.config.head.negatives
