@@ -185,7 +185,10 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
             len(events),
             group=f"{prefix}bare{rep}",
             batch_size=args.batch_size,
+            timeout_s=args.timeout,
         )
+        if done < len(events):
+            raise SystemExit(f"bare loop consumed only {done} of {len(events)} events")
         bare_rates.append(done / secs)
         log(f"{name}: bare loop {bare_rates[-1]:,.0f} events/s")
         w = run_worker(broker, prefix, len(events), args, f"{prefix}workers{rep}", base)

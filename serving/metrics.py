@@ -34,6 +34,8 @@ class WorkerMetrics:
     >>> m.events_rejected.labels(reason="not_msgpack").inc()
     >>> m.registry.get_sample_value("freshrec_events_rejected_total", {"reason": "not_msgpack"})
     1.0
+    >>> m.registry.get_sample_value("freshrec_stage_seconds_count", {"stage": "rank"})
+    0.0
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -90,6 +92,11 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Every stage's series exists at zero from the first scrape. A series born with its first
+        # batch already counted shows no increase to rate(): a short run that falls between two
+        # scrapes would leave the stage panels empty.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
         self.event_to_publish_seconds = Histogram(
             "freshrec_event_to_publish_seconds",
             "From an event's Kafka timestamp to its user's recommendation being delivered",

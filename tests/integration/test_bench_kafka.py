@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,28 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def run_bench(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def run_bench(script: str, *args: str, timeout: float = 480) -> subprocess.CompletedProcess[str]:
+    """Run a bench script to completion. Its stderr (the progress log) goes to a file, so that a
+    run that stalls fails here, inside pytest's own 600 s limit, with the log's tail naming the
+    step it stalled in, rather than being killed by pytest with nothing to show."""
+    with tempfile.TemporaryFile("w+") as err:
+        try:
+            done = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / script), *args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            err.seek(0)
+            tail = err.read()[-3000:]
+            pytest.fail(f"{script} still running after {timeout:.0f} s; its log:\n{tail}")
+        err.seek(0)
+        log = err.read()
+    assert done.returncode == 0, log[-3000:]
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout, log)
 
 
 def test_throughput_bench_runs_both_loops_over_every_event(bootstrap: str, tmp_path: Path) -> None:
@@ -43,6 +56,8 @@ def test_throughput_bench_runs_both_loops_over_every_event(bootstrap: str, tmp_p
         "300",
         "--partitions",
         "2",
+        "--timeout",  # per loop: a stalled loop is named, well inside run_bench's limit
+        "180",
         "--json",
         str(out),
     )

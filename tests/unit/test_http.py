@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from serving.http import MetricsServer
-from serving.metrics import WorkerMetrics
+from serving.metrics import STAGES, WorkerMetrics
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,6 +60,16 @@ def test_metrics_endpoint_serves_the_workers_freshrec_series(
     assert 'freshrec_events_rejected_total{reason="bad_ts"} 1.0' in body
     assert "# TYPE freshrec_stage_seconds histogram" in body
     assert "python_gc" not in body  # the worker's own registry, not the global one
+
+
+def test_every_stage_is_exported_at_zero_before_the_first_batch(
+    serve: Callable[..., MetricsServer],
+) -> None:
+    """rate() sees no increase in a series whose first scrape already counts a batch, so a run
+    that falls between two scrapes would leave the stage panels empty (a CI failure, once)."""
+    _, _, body = get(serve(WorkerMetrics().registry), "/metrics")
+    for stage in STAGES:
+        assert f'freshrec_stage_seconds_count{{stage="{stage}"}} 0.0' in body
 
 
 def test_metrics_endpoint_ignores_query_strings(serve: Callable[..., MetricsServer]) -> None:
