@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 def start_worker(
-    broker: Broker, prefix: str, batch_size: int
+    broker: Broker, prefix: str, batch_size: int, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [
@@ -70,7 +70,7 @@ def start_worker(
         "--device",
         "cpu",
     ]
-    return _spawn(cmd), f"http://127.0.0.1:{port}/readyz"
+    return _spawn(cmd, env), f"http://127.0.0.1:{port}/readyz"
 
 
 def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen[bytes]:
@@ -97,9 +97,15 @@ def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen
 _LOGS: dict[int, IO[bytes]] = {}
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log_file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the child's whole life
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+        env={**os.environ, **(env or {})},
+    )
     _LOGS[proc.pid] = log_file
     return proc
 
@@ -185,7 +191,12 @@ def offer(
 
 
 def measure(
-    broker: Broker, mode: str, rate: float, args: argparse.Namespace, items: list[Any]
+    broker: Broker,
+    mode: str,
+    rate: float,
+    args: argparse.Namespace,
+    items: list[Any],
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
@@ -210,7 +221,7 @@ def measure(
             [(it.item_id.encode(), encode_item(it)) for it in items],
             label="items",
         )
-        proc, ready = start_worker(broker, prefix, args.batch_size)
+        proc, ready = start_worker(broker, prefix, args.batch_size, env)
         wait_ready(ready, proc)
     else:
         proc = start_bare(broker, prefix, args.batch_size)
@@ -280,7 +291,9 @@ def measure(
 
 def worker_stages(url: str) -> dict[str, float]:
     """Mean milliseconds per micro-batch in each stage, from the worker's own
-    ``freshrec_stage_seconds`` (where the latency goes), and the mean batch size."""
+    ``freshrec_stage_seconds`` (where the latency goes), the mean batch size, and the garbage
+    collector's pauses over the whole run (``freshrec_gc_pause_seconds``), which fall between
+    and inside stages."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -291,27 +304,40 @@ def worker_stages(url: str) -> dict[str, float]:
     sizes = [0.0, 0.0]
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            stage = sample.labels.get("stage")
-            if sample.name == "freshrec_stage_seconds_sum" and stage:
-                sums[stage] = sample.value
-            elif sample.name == "freshrec_stage_seconds_count" and stage:
-                counts[stage] = sample.value
-            elif sample.name == "freshrec_stage_seconds_bucket" and stage:
-                le = float(sample.labels["le"])
-                buckets.setdefault(stage, []).append((le, sample.value))
+            if family.name in ("freshrec_stage_seconds", "freshrec_gc_pause_seconds"):
+                key = sample.labels.get("stage") or f"gc{sample.labels['generation']}"
+                kind = sample.name.rsplit("_", 1)[1]
+                if kind == "sum":
+                    sums[key] = sample.value
+                elif kind == "count":
+                    counts[key] = sample.value
+                elif kind == "bucket":
+                    buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
             elif sample.name == "freshrec_batch_size_events_sum":
                 sizes[0] = sample.value
             elif sample.name == "freshrec_batch_size_events_count":
                 sizes[1] = sample.value
-    out = {k: round(1000.0 * v / counts[k], 1) for k, v in sums.items() if counts.get(k)}
+    out = {
+        k: round(1000.0 * v / counts[k], 1)
+        for k, v in sums.items()
+        if counts.get(k) and not k.startswith("gc")
+    }
     if sizes[1]:
         out["events per batch"] = round(sizes[0] / sizes[1], 1)
     # Where the tail comes from: each stage's p99 as the histogram bucket bound it falls in.
     for stage, bounds in buckets.items():
         total = counts.get(stage, 0.0)
-        if total:
+        if total and not stage.startswith("gc"):
             le = next(le for le, n in sorted(bounds) if n >= 0.99 * total)
             out[f"{stage} p99 <="] = round(1000.0 * le, 1)
+    # The collector per generation: pauses, their total, and the bound the longest fits under.
+    for gen in ("gc0", "gc1", "gc2"):
+        total = counts.get(gen, 0.0)
+        if total:
+            out[f"{gen} pauses"] = total
+            out[f"{gen} total ms"] = round(1000.0 * sums.get(gen, 0.0), 1)
+            le = next(le for le, n in sorted(buckets[gen]) if n >= total)
+            out[f"{gen} max <="] = round(1000.0 * le, 1)
     return out
 
 
@@ -362,8 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="wait this long for late answers (default: %(default)s)",
     )
+    parser.add_argument(
+        "--compare-env",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        default="",
+        help="also measure a worker run with these extra environment settings, in the same run "
+        "(for example FRESHREC_GC_FREEZE=false); reported as 'compared'",
+    )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    compare = dict(kv.split("=", 1) for kv in args.compare_env.split(",") if kv)
 
     from consumer import datasets
 
@@ -375,6 +409,18 @@ def main(argv: list[str] | None = None) -> int:
             bare = measure(broker, "bare", rate, args, items)
             worker = measure(broker, "worker", rate, args, items)
             log(f"{rate:g}/s: bare p99 {bare['p99_ms']} ms, worker p99 {worker['p99_ms']} ms")
+            compared = {}
+            if compare:
+                other = measure(broker, "worker", rate, args, items, compare)
+                log(f"{rate:g}/s: worker with {args.compare_env}: p99 {other['p99_ms']} ms")
+                compared = {
+                    "compared_env": args.compare_env,
+                    "compared_p50_ms": other["p50_ms"],
+                    "compared_p95_ms": other["p95_ms"],
+                    "compared_p99_ms": other["p99_ms"],
+                    "compared_lost": other["lost"],
+                    "compared_ms_per_batch": other["worker_ms_per_batch"],
+                }
             rows.append(
                 {
                     "offered_rate": rate,
@@ -391,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     "worker_lost": worker["lost"],
                     "events": bare["delivered"] + bare["lost"],
                     "worker_ms_per_batch": worker["worker_ms_per_batch"],
+                    **compared,
                 }
             )
     finally:
@@ -402,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         "p99 worker / bare",
         "lost (bare, worker)",
     ]
+    if compare:
+        headers.append(f"worker with {args.compare_env}: p50 / p95 / p99 ms")
     print(
         markdown_table(
             headers,
@@ -413,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                     r["p99_ratio"],
                     f"{r['bare_lost']}, {r['worker_lost']}",
                 ]
+                + (
+                    [f"{r['compared_p50_ms']} / {r['compared_p95_ms']} / {r['compared_p99_ms']}"]
+                    if compare
+                    else []
+                )
                 for r in rows
             ],
         )

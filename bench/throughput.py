@@ -17,6 +17,7 @@ is started on port 29092 unless ``--bootstrap`` names one.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.kafka_rig import Broker, bare_loop, log, markdown_table, produce_all, run_id
+from serving.gcpause import GcPauses, freeze_heap
 
 
 def catalog(name: str, seed: int) -> list[Any]:
@@ -99,9 +101,12 @@ def run_worker(
 
     config = worker_config(broker, prefix, args, group)
     kw = build_worker(config, recommender=Recommender(base.encoder, base.config))
+    pauses = GcPauses(kw.worker.metrics.gc_pause_seconds).install()
     try:
         start = time.perf_counter()
         kw.worker.bootstrap()
+        if config.gc_freeze:  # as the CLI does
+            freeze_heap()
         load_s = time.perf_counter() - start
         log(
             f"worker: catalog of {len(kw.worker.recommender.items):,} items loaded in {load_s:.1f}s"
@@ -141,6 +146,8 @@ def run_worker(
             stages[stage] = 1000.0 * (total or 0.0) / batches
         # Polling (fetching and parsing records), lag and item checks: the rest of the clock.
         stages["poll+other"] = max(0.0, 1000.0 * elapsed / batches - sum(stages.values()))
+        # Collector pauses, wherever they fell (inside the stages above or between them).
+        stages["gc pauses"] = 1000.0 * gc_seconds(kw.worker.metrics) / batches
         log("worker ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
         return {
             "events": totals.consumed,
@@ -150,7 +157,17 @@ def run_worker(
             "stages": stages,
         }
     finally:
+        pauses.remove()
+        gc.unfreeze()  # the next worker in this process starts from the same heap as this one
         kw.close()
+
+
+def gc_seconds(metrics: Any) -> float:
+    """Seconds of collector pauses the worker's metrics have seen, all generations."""
+    return sum(
+        metrics.registry.get_sample_value("freshrec_gc_pause_seconds_sum", {"generation": g}) or 0.0
+        for g in "012"
+    )
 
 
 def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker
     from consumer.config_file import config_path, read_rules
     from consumer.security import check_kafka_login
+    from serving.gcpause import GcPauses, freeze_heap
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
 
@@ -117,8 +118,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    pauses = GcPauses(metrics.gc_pause_seconds).install()
     try:
         kw.worker.bootstrap()
+        if config.gc_freeze:
+            freeze_heap()  # the models, the catalog and every import: out of the collector's walk
         log.info(
             "consuming %s as group %r; publishing to %s",
             config.events_topic,
@@ -127,6 +131,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         kw.worker.run()
     finally:
+        pauses.remove()
         kw.close()
         server.stop()
     t = kw.worker.totals

@@ -97,6 +97,15 @@ class WorkerMetrics:
         # scrapes would leave the stage panels empty.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
+        self.gc_pause_seconds = Histogram(
+            "freshrec_gc_pause_seconds",
+            "Python garbage-collector pauses, by generation (serving.gcpause)",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        for generation in ("0", "1", "2"):
+            self.gc_pause_seconds.labels(generation=generation)
         self.event_to_publish_seconds = Histogram(
             "freshrec_event_to_publish_seconds",
             "From an event's Kafka timestamp to its user's recommendation being delivered",

@@ -249,6 +249,12 @@ def test_prometheus_scrapes_the_worker_with_the_values_of_the_run(run: Run) -> N
     assert set(run.values(f"freshrec_partition_stalled{sel}").values()) == {0.0}
     assert run.value(f"freshrec_backpressure{sel}") == 0
     assert list(run.values(f"freshrec_model_info{sel}").values()) == [1.0]
+    # The CLI times the collector's pauses (young collections surely ran over 600 events) and
+    # froze the start-up heap out of its walk.
+    pauses = run.values(f"freshrec_gc_pause_seconds_count{sel}")
+    assert {k.split("generation=")[1].split(",")[0] for k in pauses} == {"0", "1", "2"}
+    assert run.value(f'freshrec_gc_pause_seconds_count{{generation="0", {sel[1:]}') > 0
+    assert "start-up objects frozen out of its reach" in run.log.read_text()
 
 
 def test_every_rule_group_loads_and_evaluates_healthy(run: Run) -> None:

@@ -1,0 +1,72 @@
+"""Specifications of serving.gcpause: collector pauses timed by generation, and the start-up
+heap frozen out of the collector's walk."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from serving.gcpause import GcPauses, freeze_heap
+from serving.metrics import WorkerMetrics
+
+
+def count(metrics: WorkerMetrics, generation: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "freshrec_gc_pause_seconds_count", {"generation": generation}
+    )
+    assert value is not None
+    return value
+
+
+def test_each_collection_is_timed_under_its_generation() -> None:
+    metrics = WorkerMetrics()
+    assert [count(metrics, g) for g in "012"] == [0, 0, 0]  # exported before any pause
+    with GcPauses(metrics.gc_pause_seconds):
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    assert count(metrics, "0") >= 1 and count(metrics, "2") >= 2
+    total = metrics.registry.get_sample_value("freshrec_gc_pause_seconds_sum", {"generation": "2"})
+    assert total is not None and total > 0
+
+
+def test_pauses_stop_being_timed_once_removed() -> None:
+    metrics = WorkerMetrics()
+    pauses = GcPauses(metrics.gc_pause_seconds).install()
+    pauses.install()  # twice is once
+    assert gc.callbacks.count(pauses._callback) == 1
+    pauses.remove()
+    gc.collect(2)
+    assert count(metrics, "2") == 0
+    assert pauses._callback not in gc.callbacks
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    yield
+    gc.unfreeze()  # other tests run with the collector as usual
+
+
+def test_freezing_moves_what_lives_now_out_of_the_collectors_walk(unfrozen: None) -> None:
+    before = [["kept"]]  # a container the collector tracks
+    frozen = freeze_heap()
+    assert frozen == gc.get_freeze_count() > 0
+    walked = gc.get_objects()  # generations 0-2: what a collection walks
+    assert not any(o is before for o in walked)
+    after = [["new"]]
+    assert any(o is after for o in gc.get_objects())
+
+
+def test_a_frozen_object_is_still_freed_when_its_last_reference_goes(unfrozen: None) -> None:
+    import weakref
+
+    class Node:
+        pass
+
+    node = Node()
+    gone = weakref.ref(node)
+    freeze_heap()
+    del node
+    assert gone() is None
