@@ -94,11 +94,17 @@ def start_bare(broker: Broker, prefix: str, batch_size: int) -> subprocess.Popen
 
 # Each child's log goes to a file of its own: a pipe nobody reads while the run goes on fills up
 # (64 KiB) and then blocks the child at its next log line, which looks like a stalled worker.
+# With --logs DIR they are kept there, numbered in start order (01-bare.log, 02-worker.log, ...).
 _LOGS: dict[int, IO[bytes]] = {}
+LOG_DIR: Path | None = None
 
 
 def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    log_file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the child's whole life
+    if LOG_DIR is None:
+        log_file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the child's whole life
+    else:
+        kind = "worker" if "consumer.cli" in cmd else "bare"
+        log_file = (LOG_DIR / f"{len(_LOGS) + 1:02d}-{kind}.log").open("w+b")
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -245,6 +251,8 @@ def measure(
                 f"{mode}: nothing came back from the warm-up events; its log:\n{_log_tail(proc)}"
             )
         reader.seek_to_end(*parts)
+        metrics = ready.replace("/readyz", "/metrics")
+        before = scrape(metrics) if mode == "worker" else {}  # the worker's start-up left out
         delivery = Delivery()
         log(f"{mode} at {rate:g} events/s for {args.seconds:g}s")
         sender = threading.Thread(
@@ -267,7 +275,7 @@ def measure(
         while delivery.lost() and time.monotonic() < drain_until:
             read(reader, mode, delivery)
         reader.close()
-        stages = worker_stages(ready.replace("/readyz", "/metrics")) if mode == "worker" else {}
+        stages = worker_stages(before, scrape(metrics)) if mode == "worker" else {}
         if stages:
             log("worker ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     finally:
@@ -289,55 +297,61 @@ def measure(
     }
 
 
-def worker_stages(url: str) -> dict[str, float]:
-    """Mean milliseconds per micro-batch in each stage, from the worker's own
-    ``freshrec_stage_seconds`` (where the latency goes), the mean batch size, and the garbage
-    collector's pauses over the whole run (``freshrec_gc_pause_seconds``), which fall between
-    and inside stages."""
+Histograms = dict[str, dict[str, Any]]
+
+
+def scrape(url: str) -> Histograms:
+    """The worker's stage, collector-pause and batch-size histograms from its /metrics, keyed
+    by stage name, ``gc0``-``gc2``, and ``batch``: ``{"sum", "count", "buckets": {le: n}}``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    buckets: dict[str, list[tuple[float, float]]] = {}
-    sizes = [0.0, 0.0]
+    out: Histograms = {}
     for family in text_string_to_metric_families(text):
+        if family.name not in (
+            "freshrec_stage_seconds",
+            "freshrec_gc_pause_seconds",
+            "freshrec_batch_size_events",
+        ):
+            continue
         for sample in family.samples:
-            if family.name in ("freshrec_stage_seconds", "freshrec_gc_pause_seconds"):
-                key = sample.labels.get("stage") or f"gc{sample.labels['generation']}"
-                kind = sample.name.rsplit("_", 1)[1]
-                if kind == "sum":
-                    sums[key] = sample.value
-                elif kind == "count":
-                    counts[key] = sample.value
-                elif kind == "bucket":
-                    buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
-            elif sample.name == "freshrec_batch_size_events_sum":
-                sizes[0] = sample.value
-            elif sample.name == "freshrec_batch_size_events_count":
-                sizes[1] = sample.value
-    out = {
-        k: round(1000.0 * v / counts[k], 1)
-        for k, v in sums.items()
-        if counts.get(k) and not k.startswith("gc")
-    }
-    if sizes[1]:
-        out["events per batch"] = round(sizes[0] / sizes[1], 1)
-    # Where the tail comes from: each stage's p99 as the histogram bucket bound it falls in.
-    for stage, bounds in buckets.items():
-        total = counts.get(stage, 0.0)
-        if total and not stage.startswith("gc"):
-            le = next(le for le, n in sorted(bounds) if n >= 0.99 * total)
-            out[f"{stage} p99 <="] = round(1000.0 * le, 1)
-    # The collector per generation: pauses, their total, and the bound the longest fits under.
-    for gen in ("gc0", "gc1", "gc2"):
-        total = counts.get(gen, 0.0)
-        if total:
-            out[f"{gen} pauses"] = total
-            out[f"{gen} total ms"] = round(1000.0 * sums.get(gen, 0.0), 1)
-            le = next(le for le, n in sorted(buckets[gen]) if n >= total)
-            out[f"{gen} max <="] = round(1000.0 * le, 1)
+            labels = sample.labels
+            key = labels.get("stage") or (
+                f"gc{labels['generation']}" if "generation" in labels else "batch"
+            )
+            h = out.setdefault(key, {"sum": 0.0, "count": 0.0, "buckets": {}})
+            kind = sample.name.rsplit("_", 1)[1]
+            if kind in ("sum", "count"):
+                h[kind] = sample.value
+            elif kind == "bucket":
+                h["buckets"][float(labels["le"])] = sample.value
+    return out
+
+
+def worker_stages(before: Histograms, after: Histograms) -> dict[str, float]:
+    """What the worker did between two scrapes: mean milliseconds per micro-batch in each
+    stage (where the latency goes) with the bucket bound each stage's p99 falls under, the
+    mean batch size, and the garbage collector's pauses per generation (count, total, and
+    the bound the longest fits under), which fall between and inside stages."""
+    empty: dict[str, Any] = {"sum": 0.0, "count": 0.0, "buckets": {}}
+    out: dict[str, float] = {}
+    for key, h in after.items():
+        b = before.get(key, empty)
+        count, total = h["count"] - b["count"], h["sum"] - b["sum"]
+        if not count:
+            continue
+        bounds = sorted((le, n - b["buckets"].get(le, 0.0)) for le, n in h["buckets"].items())
+        if key == "batch":
+            out["events per batch"] = round(total / count, 1)
+        elif key.startswith("gc"):
+            out[f"{key} pauses"] = count
+            out[f"{key} total ms"] = round(1000.0 * total, 1)
+            out[f"{key} max <="] = round(1000.0 * next(le for le, n in bounds if n >= count), 1)
+        else:
+            out[key] = round(1000.0 * total / count, 1)
+            p99 = next(le for le, n in bounds if n >= 0.99 * count)
+            out[f"{key} p99 <="] = round(1000.0 * p99, 1)
     return out
 
 
@@ -396,7 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         "(for example FRESHREC_GC_FREEZE=false); reported as 'compared'",
     )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--logs", type=Path, help="keep each loop's log in this folder (default: thrown away)"
+    )
     args = parser.parse_args(argv)
+    if args.logs:
+        global LOG_DIR
+        args.logs.mkdir(parents=True, exist_ok=True)
+        LOG_DIR = args.logs
     compare = dict(kv.split("=", 1) for kv in args.compare_env.split(",") if kv)
 
     from consumer import datasets

@@ -288,15 +288,30 @@ class Worker:
     # -- one micro-batch -----------------------------------------------------------------
 
     def step(self) -> StepReport:
-        """Handle one poll: items first, then events end to end, committing last."""
+        """Handle one poll: items first, then events end to end, committing last.
+
+        The polls and the batch's work are separate calls on purpose. kafka-python 3.0 ends a
+        poll that found nothing with an exception whose traceback forms a reference cycle
+        with the frames it was raised under, and a frame object that outlives its call keeps
+        the locals it ended with. Were the batch handled in this frame, every batch's events,
+        lists and scores would stay alive until a full garbage collection (tens of ms each).
+        """
         self.last_step_monotonic = time.monotonic()
         item_changes = self._poll_items() + self._poll_profiles()
         self._sync_model()
+        return self._handle(self._poll_events(), item_changes)
+
+    def _poll_events(self) -> list[Record]:
+        """The next records of the events topic, after any rebalance they brought is applied."""
         records = self.source.poll(self.poll_timeout_ms, self.batch_size)
         if self._rebalances:
             with self._timed("restore"):
                 self._apply_rebalances()
         self._update_lag()
+        return records
+
+    def _handle(self, records: list[Record], item_changes: int) -> StepReport:
+        """Decode, learn, rank, deliver and commit one batch of event records."""
         if not records:
             return StepReport(item_changes=item_changes)
         self._use_threads(len(records))

@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 
 class GcPauses:
     """Times every collection while installed (``gc.callbacks``, process-wide), observing its
-    seconds into ``histogram`` labelled by ``generation`` ("0", "1", "2"). All three label
-    values exist at zero from the start. Use as a context manager, or ``install``/``remove``."""
+    seconds into ``histogram`` labelled by ``generation`` ("0", "1", "2"), and logs a warning
+    for one of ``log_over_s`` or longer. All three label values exist at zero from the start.
+    Use as a context manager, or ``install``/``remove``."""
 
-    def __init__(self, histogram: Any) -> None:
+    def __init__(self, histogram: Any, *, log_over_s: float = 0.1) -> None:
         self.histogram = histogram
+        self.log_over_s = log_over_s
         self._by_generation = [histogram.labels(generation=str(g)) for g in range(3)]
         self._started = 0.0
 
@@ -66,8 +68,18 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
         elif self._started:
-            self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+            seconds = time.perf_counter() - self._started
+            self._by_generation[info["generation"]].observe(seconds)
             self._started = 0.0
+            if seconds >= self.log_over_s:
+                log.warning(
+                    "garbage collection of generation %d took %.0f ms (%d objects collected, "
+                    "%d tracked now)",
+                    info["generation"],
+                    1000.0 * seconds,
+                    info["collected"],
+                    len(gc.get_objects(info["generation"])),
+                )
 
 
 def freeze_heap() -> int:
@@ -83,6 +95,11 @@ def freeze_heap() -> int:
     """
     gc.collect()
     gc.freeze()
+    # The collector starts a full collection once the objects that survived younger ones
+    # reach a quarter of those that survived the last full one. That count still includes
+    # the frozen heap until the next full collection, so the first one would wait for
+    # ~120k new survivors and take ~160 ms; this one walks nothing and resets the count.
+    gc.collect()
     frozen = gc.get_freeze_count()
     log.info("garbage collector: %d start-up objects frozen out of its reach", frozen)
     return frozen

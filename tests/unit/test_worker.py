@@ -600,3 +600,40 @@ def test_without_threads_the_worker_leaves_torchs_setting_alone(
     rig = make_worker([event_record(0)], publisher=seen, batch_size=4)
     rig.worker.step()
     assert seen.threads == [2]
+
+
+class CyclingSource(InMemorySource):
+    """A source whose poll ends the way kafka-python 3.0's does when a wait times out: with an
+    exception whose traceback forms a reference cycle with the frame it was raised in (and so,
+    through ``f_back``, with every frame of the worker above it)."""
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        try:
+            raise TimeoutError("nothing arrived in time")
+        except TimeoutError as err:
+            kept = err  # this frame -> kept -> err -> traceback -> this frame
+        assert kept is not None
+        return super().poll(timeout_ms, max_records)
+
+
+def test_a_polls_exception_cycle_does_not_keep_the_batch_alive(
+    make_worker: MakeWorker, event_record: EventRecord
+) -> None:
+    """Only a full garbage collection frees a reference cycle that lived long enough to reach
+    the oldest generation; whatever the cycle's frames reach must not include the batch's
+    events, lists and scores, or every batch would live until then (tens of ms to collect)."""
+    import gc
+
+    from consumer.worker import _Batch
+
+    records = [event_record(i, user=f"u{i % 3}", item="abc"[i % 3]) for i in range(6)]
+    rig = make_worker(source=CyclingSource(records), batch_size=3)
+    gc.collect()
+    gc.disable()  # only reference counting frees anything below
+    try:
+        assert rig.worker.step().consumed == 3
+        assert rig.worker.step().consumed == 3
+        alive = [o for o in gc.get_objects() if type(o) is _Batch]
+    finally:
+        gc.enable()
+    assert alive == []
