@@ -84,6 +84,8 @@ def test_latency_bench_answers_every_offered_event(bootstrap: str, tmp_path: Pat
         "2",
         "--drain",
         "60",
+        "--logs",
+        str(tmp_path / "logs"),
         "--json",
         str(out),
     )
@@ -92,6 +94,12 @@ def test_latency_bench_answers_every_offered_event(bootstrap: str, tmp_path: Pat
     assert row["bare_lost"] == 0 and row["worker_lost"] == 0
     for key in ("bare_p50_ms", "bare_p99_ms", "worker_p50_ms", "worker_p99_ms"):
         assert math.isfinite(row[key]) and row[key] >= 0
+    # What the worker did in the measured window, from its /metrics before and after.
+    stages = row["worker_ms_per_batch"]
+    assert stages["events per batch"] > 0 and stages["learn"] > 0 and stages["gc0 pauses"] > 0
+    # Each loop's log kept, in start order; the worker froze its start-up heap.
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["01-bare.log", "02-worker.log"]
+    assert "start-up objects frozen" in (tmp_path / "logs" / "02-worker.log").read_text()
 
 
 def test_soak_samples_every_worker_and_plots(bootstrap: str, tmp_path: Path) -> None:
