@@ -142,7 +142,7 @@ class WorkerConfig:
     )
     gc_freeze: bool = _setting(
         True,
-        "freeze the start-up heap (models, catalog, imports: ~460k objects) out of Python's "
+        "freeze the start-up heap (models, catalog, imports: ~490k objects) out of Python's "
         "garbage collector once the catalog is loaded; without it each full collection walks "
         "them all, a pause of a few hundred ms between two batches",
     )

@@ -1,9 +1,9 @@
 """Python's garbage collector, seen and tamed: each collection's pause timed into a histogram,
 and the start-up heap frozen out of the collector's reach.
 
-Why it matters here: after start-up the worker holds about 460k container objects that never
+Why it matters here: after start-up the worker holds about 490k container objects that never
 die (torch, transformers and their modules, the catalog). A full (generation 2) collection walks
-every one of them, which took 260-420 ms on the 2-core VM. Such a pause stops the worker between
+every one of them, which took 250-420 ms on the 2-core VM. Such a pause stops the worker between
 two batches, outside every timed stage, and it was the freshness p99 tail of bench/latency.py.
 ``gc.freeze()`` after start-up moves those objects to a permanent generation, so a full
 collection walks only what the worker created since.

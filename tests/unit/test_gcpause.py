@@ -70,3 +70,18 @@ def test_a_frozen_object_is_still_freed_when_its_last_reference_goes(unfrozen: N
     freeze_heap()
     del node
     assert gone() is None
+
+
+def test_a_long_pause_is_logged_with_what_it_collected(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = WorkerMetrics()
+    with caplog.at_level("WARNING", logger="serving.gcpause"):
+        with GcPauses(metrics.gc_pause_seconds, log_over_s=0.0):  # every pause counts as long
+            gc.collect(1)
+        long = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        with GcPauses(metrics.gc_pause_seconds):  # the default, 100 ms: far above a young one
+            gc.collect(0)
+        short = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("garbage collection of generation 1 took ") for m in long), long
+    assert all("objects collected" in m for m in long)
+    assert not [m for m in short if "generation 0" in m]
