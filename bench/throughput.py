@@ -78,15 +78,14 @@ def encoded_catalog(
     digest = hashlib.sha256("\0".join([base.encoder.name, *texts]).encode()).hexdigest()[:16]
     saved = args.cache_dir / f"catalog-{len(texts)}-{digest}.pt" if args.cache_dir else None
     if saved is not None and saved.exists():
-        base.encoder._cache.update(torch.load(saved))
+        base.encoder.load(saved)
         log(f"catalog embeddings loaded from {saved}")
     for at in range(0, len(texts), 10_000):
         base.encoder.encode(texts[at : at + 10_000])
         log(f"encoding the catalog: {min(at + 10_000, len(texts)):,}/{len(texts):,}")
     if saved is not None and not saved.exists():
         saved.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(base.encoder._cache), saved.with_suffix(".tmp"))
-        saved.with_suffix(".tmp").rename(saved)
+        base.encoder.save(saved)
     seconds = time.perf_counter() - start
     torch.set_num_threads(args.torch_threads if args.torch_threads > 0 else os.cpu_count() or 1)
     log(f"catalog of {len(texts):,} items encoded in {seconds:.0f}s")

@@ -483,3 +483,35 @@ class CachedEncoder:
         if not texts:
             return torch.empty((0, self.dim), device=self.device)
         return torch.stack([found[k] for k in keys]).to(self.device)
+
+    def save(self, path: Path) -> int:
+        """Write every cached embedding to ``path`` (through a temporary file beside it, so a
+        reader never sees half a file); returns how many. :meth:`load` reads it back.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> class Fake:
+        ...     name, dim, device = "fake", 2, torch.device("cpu")
+        ...     def encode(self, texts):
+        ...         return torch.ones(len(texts), 2)
+        >>> enc = CachedEncoder(Fake()); _ = enc.encode(["a", "b"])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     saved = enc.save(Path(tmp) / "cache.pt")
+        ...     again = CachedEncoder(Fake())
+        ...     loaded = again.load(Path(tmp) / "cache.pt")
+        ...     _ = again.encode(["b"])
+        >>> saved, loaded, again.hits, again.misses
+        (2, 2, 1, 0)
+        """
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(dict(self._cache), tmp)
+        tmp.replace(path)
+        return len(self._cache)
+
+    def load(self, path: Path) -> int:
+        """Add the embeddings :meth:`save` wrote; returns how many. The keys hash the encoder's
+        name with each text, so entries from another encoder are kept but never match."""
+        entries: dict[str, Tensor] = torch.load(path, weights_only=True)
+        self._cache.update(entries)
+        return len(entries)
