@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.kafka_rig import Broker, bare_loop, log, markdown_table, produce_all, run_id
-from serving.gcpause import GcPauses, freeze_heap
+from serving.gcpause import GcPauses, tune_collector
 
 
 def catalog(name: str, seed: int) -> list[Any]:
@@ -44,10 +44,13 @@ def catalog(name: str, seed: int) -> list[Any]:
     return datasets.synthetic_catalog(n, seed=seed)
 
 
-def worker_config(broker: Broker, prefix: str, args: argparse.Namespace, group: str) -> Any:
+def worker_config(
+    broker: Broker, prefix: str, args: argparse.Namespace, group: str, **overrides: Any
+) -> Any:
     from consumer.config import WorkerConfig
 
     return WorkerConfig(
+        **overrides,
         bootstrap_servers=broker.bootstrap,
         topic_prefix=prefix,
         group_id=group,
@@ -93,19 +96,25 @@ def encoded_catalog(
 
 
 def run_worker(
-    broker: Broker, prefix: str, n_events: int, args: argparse.Namespace, group: str, base: Any
+    broker: Broker,
+    prefix: str,
+    n_events: int,
+    args: argparse.Namespace,
+    group: str,
+    base: Any,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from consumer.app import build_worker
     from learner.recommender import Recommender
 
-    config = worker_config(broker, prefix, args, group)
+    config = worker_config(broker, prefix, args, group, **(overrides or {}))
     kw = build_worker(config, recommender=Recommender(base.encoder, base.config))
     pauses = GcPauses(kw.worker.metrics.gc_pause_seconds).install()
+    thresholds = gc.get_threshold()
     try:
         start = time.perf_counter()
         kw.worker.bootstrap()
-        if config.gc_freeze:  # as the CLI does
-            freeze_heap()
+        tune_collector(freeze=config.gc_freeze, young_threshold=config.gc_young_threshold)
         load_s = time.perf_counter() - start
         log(
             f"worker: catalog of {len(kw.worker.recommender.items):,} items loaded in {load_s:.1f}s"
@@ -157,7 +166,9 @@ def run_worker(
         }
     finally:
         pauses.remove()
-        gc.unfreeze()  # the next worker in this process starts from the same heap as this one
+        # The next worker in this process starts from the same collector as this one.
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
         kw.close()
 
 
@@ -192,7 +203,8 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
     )
     log(f"{name}: {len(items):,} items, {len(events):,} events written ({rate:,.0f} msg/s)")
     base, encode_s = encoded_catalog(broker, items, args)
-    bare_rates, worker_rates, loads = [], [], []
+    bare_rates, worker_rates, loads, compared_rates = [], [], [], []
+    compared_stages: dict[str, float] = {}
     for rep in range(args.repeats):
         done, secs = bare_loop(
             broker,
@@ -212,7 +224,22 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
         stages, published = w["stages"], w["published"]
         loads.append(w["load_s"])
         log(f"{name}: worker {worker_rates[-1]:,.0f} events/s")
+        if args.compare:
+            c = run_worker(
+                broker, prefix, len(events), args, f"{prefix}compared{rep}", base, args.compare
+            )
+            compared_rates.append(c["events"] / c["seconds"])
+            compared_stages = {k: round(v, 1) for k, v in c["stages"].items()}
+            log(f"{name}: worker with {args.compare}: {compared_rates[-1]:,.0f} events/s")
     bare, worker = statistics.median(bare_rates), statistics.median(worker_rates)
+    compared: dict[str, Any] = {}
+    if compared_rates:
+        compared = {
+            "compared_settings": {k: str(v) for k, v in args.compare.items()},
+            "compared_events_per_s": round(statistics.median(compared_rates), 1),
+            "compared_ratio": round(statistics.median(compared_rates) / bare, 3),
+            "compared_ms_per_batch": compared_stages,
+        }
     return {
         "catalog": name,
         "catalog_items": len(items),
@@ -225,6 +252,7 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
         "worker_ms_per_batch": {k: round(v, 1) for k, v in stages.items()},
         "lists_per_event": round(published / len(events), 3),
         "repeats": args.repeats,
+        **compared,
     }
 
 
@@ -283,7 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the worker loop, top 40 to stderr"
     )
+    parser.add_argument(
+        "--compare",
+        metavar="SETTING=VALUE[,SETTING=VALUE]",
+        default="",
+        help="after each worker run, run the worker again with these settings changed (names "
+        "of `freshrec worker` settings with underscores, e.g. gc_young_threshold=0), in the "
+        "same run; reported as 'compared'",
+    )
     args = parser.parse_args(argv)
+    args.compare = compare_settings(args.compare)
 
     broker = Broker.ensure(args.bootstrap)
     rows = []
@@ -298,6 +335,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def compare_settings(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` as worker settings, each value converted to its setting's type.
+
+    >>> compare_settings("gc_young_threshold=0,gc_freeze=false")
+    {'gc_young_threshold': 0, 'gc_freeze': False}
+    """
+    from dataclasses import fields
+
+    from consumer.config import WorkerConfig
+
+    types = {f.name: type(f.default) for f in fields(WorkerConfig)}
+    out: dict[str, Any] = {}
+    for pair in filter(None, text.split(",")):
+        key, _, value = pair.partition("=")
+        if key not in types:
+            raise SystemExit(f"--compare: {key!r} is not a worker setting")
+        kind = types[key]
+        out[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+    return out
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     headers = [
         "catalog items",
@@ -308,6 +366,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "catalog load s",
         "worker ms per batch",
     ]
+    compared = all("compared_events_per_s" in r for r in rows)
+    if compared:
+        headers += [f"compared ({rows[0]['compared_settings']}) events/s", "compared / bare"]
     print(
         markdown_table(
             headers,
@@ -321,6 +382,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     r["catalog_load_s"],
                     ", ".join(f"{k} {v}" for k, v in r["worker_ms_per_batch"].items()),
                 ]
+                + (
+                    [f"{r['compared_events_per_s']:,.0f}", f"{r['compared_ratio']:.2f}"]
+                    if compared
+                    else []
+                )
                 for r in rows
             ],
         )

@@ -81,7 +81,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker
     from consumer.config_file import config_path, read_rules
     from consumer.security import check_kafka_login
-    from serving.gcpause import GcPauses, freeze_heap
+    from serving.gcpause import GcPauses, tune_collector
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
 
@@ -121,8 +121,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     pauses = GcPauses(metrics.gc_pause_seconds).install()
     try:
         kw.worker.bootstrap()
-        if config.gc_freeze:
-            freeze_heap()  # the models, the catalog and every import: out of the collector's walk
+        # The models, the catalog and every import out of the collector's walk; fewer young
+        # collections (serving/gcpause.py).
+        tune_collector(freeze=config.gc_freeze, young_threshold=config.gc_young_threshold)
         log.info(
             "consuming %s as group %r; publishing to %s",
             config.events_topic,

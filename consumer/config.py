@@ -146,6 +146,12 @@ class WorkerConfig:
         "garbage collector once the catalog is loaded; without it each full collection walks "
         "them all, a pause of a few hundred ms between two batches",
     )
+    gc_young_threshold: int = _setting(
+        50_000,
+        "objects (allocations less deallocations) between two of Python's young garbage "
+        "collections (0: Python's default, 700); a micro-batch's own objects then mostly die "
+        "before any collection walks them",
+    )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
     trending_half_life_hours: float = _setting(72.0, "half-life of trending popularity")

@@ -99,7 +99,9 @@ def test_latency_bench_answers_every_offered_event(bootstrap: str, tmp_path: Pat
     assert stages["events per batch"] > 0 and stages["learn"] > 0 and stages["gc0 pauses"] > 0
     # Each loop's log kept, in start order; the worker froze its start-up heap.
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["01-bare.log", "02-worker.log"]
-    assert "start-up objects frozen" in (tmp_path / "logs" / "02-worker.log").read_text()
+    worker_log = (tmp_path / "logs" / "02-worker.log").read_text()
+    assert "start-up objects frozen" in worker_log
+    assert "garbage collector thresholds: (50000, " in worker_log  # the default
 
 
 def test_soak_samples_every_worker_and_plots(bootstrap: str, tmp_path: Path) -> None:

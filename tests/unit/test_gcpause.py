@@ -85,3 +85,17 @@ def test_a_long_pause_is_logged_with_what_it_collected(caplog: pytest.LogCapture
     assert any(m.startswith("garbage collection of generation 1 took ") for m in long), long
     assert all("objects collected" in m for m in long)
     assert not [m for m in short if "generation 0" in m]
+
+
+def test_a_worker_tunes_the_collector_once_started(unfrozen: None) -> None:
+    from serving.gcpause import tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector(freeze=False, young_threshold=12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+        assert gc.get_freeze_count() == 0  # not asked to freeze
+        tune_collector(freeze=True, young_threshold=0)  # 0: the threshold is left alone
+        assert gc.get_threshold()[0] == 12_345 and gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
