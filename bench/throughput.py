@@ -8,9 +8,11 @@ Zipf item popularity, consumer.datasets.synthetic_events) to a fresh ``--partiti
 topic, then consumes all of them twice with fresh consumer groups: first the bare loop (poll,
 msgpack-decode, produce one message per event, commit: the ceiling), then the full worker
 (decode and validate, learn, rank, publish, commit) built exactly as ``freshrec worker`` builds
-it. Each clock starts at the first record and stops at the last commit, so group joins and the
+it. ``--compare`` runs the worker once more with some settings changed, in the same run. Each
+clock starts at the first record and stops at the last commit, so group joins and the
 catalog's encoding and load (reported on their own) are not counted. The catalog is encoded
-once, before either loop runs; each worker starts from a fresh model on that encoder. The broker
+once, before any loop runs; each worker starts from a fresh model on that encoder, with topics
+of its own (the same items and events), so that no worker restores another's users. The broker
 is started on port 29092 unless ``--bootstrap`` names one.
 """
 
@@ -180,12 +182,14 @@ def gc_seconds(metrics: Any) -> float:
     )
 
 
-def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def fresh_topics(
+    broker: Broker, items: list[Any], events: list[Any], args: argparse.Namespace
+) -> str:
+    """A new topic prefix with the catalog and the events written to it; returns the prefix.
+    Every worker run gets its own: a worker on a prefix another has used would restore that
+    one's users from the state changelog and skip their events as re-deliveries."""
     from consumer.codec import encode_event, encode_item
-    from consumer.datasets import synthetic_events
 
-    items = catalog(name, args.seed)
-    events = synthetic_events(args.events, items, n_users=args.users, seed=args.seed)
     prefix = f"bench-{run_id()}."
     broker.create_topics({f"{prefix}events": args.partitions, f"{prefix}bare.out": args.partitions})
     broker.create_topics({f"{prefix}items": 1}, {"cleanup.policy": "compact"})
@@ -201,11 +205,20 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
         [(ev.user_id.encode(), encode_event(ev)) for ev in events],
         label="events",
     )
-    log(f"{name}: {len(items):,} items, {len(events):,} events written ({rate:,.0f} msg/s)")
+    log(f"{prefix}: {len(items):,} items, {len(events):,} events written ({rate:,.0f} msg/s)")
+    return prefix
+
+
+def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from consumer.datasets import synthetic_events
+
+    items = catalog(name, args.seed)
+    events = synthetic_events(args.events, items, n_users=args.users, seed=args.seed)
     base, encode_s = encoded_catalog(broker, items, args)
     bare_rates, worker_rates, loads, compared_rates = [], [], [], []
     compared_stages: dict[str, float] = {}
     for rep in range(args.repeats):
+        prefix = fresh_topics(broker, items, events, args)
         done, secs = bare_loop(
             broker,
             f"{prefix}events",
@@ -225,9 +238,8 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
         loads.append(w["load_s"])
         log(f"{name}: worker {worker_rates[-1]:,.0f} events/s")
         if args.compare:
-            c = run_worker(
-                broker, prefix, len(events), args, f"{prefix}compared{rep}", base, args.compare
-            )
+            other = fresh_topics(broker, items, events, args)
+            c = run_worker(broker, other, len(events), args, f"{other}workers", base, args.compare)
             compared_rates.append(c["events"] / c["seconds"])
             compared_stages = {k: round(v, 1) for k, v in c["stages"].items()}
             log(f"{name}: worker with {args.compare}: {compared_rates[-1]:,.0f} events/s")
