@@ -147,10 +147,12 @@ class WorkerConfig:
         "them all, a pause of a few hundred ms between two batches",
     )
     gc_young_threshold: int = _setting(
-        50_000,
+        0,
         "objects (allocations less deallocations) between two of Python's young garbage "
-        "collections (0: Python's default, 700); a micro-batch's own objects then mostly die "
-        "before any collection walks them",
+        "collections (0: Python's default, 700). 50000 lets most of a full micro-batch's "
+        "objects die before any collection walks them (on ml-100k: collector time per "
+        "500-event batch 5.5 -> 0.9 ms, 7% more events/s) but makes each young collection "
+        "rarer and longer (50-250 ms at light load, every few seconds)",
     )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")

@@ -112,7 +112,11 @@ def set_young_threshold(threshold: int) -> tuple[int, int, int]:
 
     A 500-event micro-batch holds tens of thousands of objects (events, lists, scores) while it
     runs. With 700, young collections walk them again and again and move them to the older
-    generations, which then walk them again; with 50,000 most die before any collection does.
+    generations, which then walk them again; with 50,000 most die before any collection does
+    (collector time per batch 5.5 -> 0.9 ms on ml-100k). The price: at light load a young
+    collection then comes every few seconds and frees everything that piled up meanwhile,
+    50-250 ms at once (500 events/s on the 2-core VM), so the worker keeps Python's default
+    unless told otherwise (``--gc-young-threshold``).
 
     >>> before = set_young_threshold(50_000)
     >>> gc.get_threshold()[0]

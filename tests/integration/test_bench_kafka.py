@@ -101,7 +101,7 @@ def test_latency_bench_answers_every_offered_event(bootstrap: str, tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["01-bare.log", "02-worker.log"]
     worker_log = (tmp_path / "logs" / "02-worker.log").read_text()
     assert "start-up objects frozen" in worker_log
-    assert "garbage collector thresholds: (50000, " in worker_log  # the default
+    assert "garbage collector thresholds: (700, " in worker_log  # Python's, the default
 
 
 def test_soak_samples_every_worker_and_plots(bootstrap: str, tmp_path: Path) -> None:
