@@ -409,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure a worker run with these extra environment settings, in the same run "
         "(for example FRESHREC_GC_FREEZE=false); reported as 'compared'",
     )
+    parser.add_argument(
+        "--compare-first",
+        action="store_true",
+        help="run the --compare-env worker before the plain one (default: after it)",
+    )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument(
         "--logs", type=Path, help="keep each loop's log in this folder (default: thrown away)"
@@ -428,13 +433,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rate in [float(r) for r in args.rates.split(",")]:
             bare = measure(broker, "bare", rate, args, items)
+            # A worker run second was often slower for reasons of its own: --compare-first
+            # swaps the order, so that a difference can be checked both ways.
+            if compare and args.compare_first:
+                other = measure(broker, "worker", rate, args, items, compare)
             worker = measure(broker, "worker", rate, args, items)
+            if compare and not args.compare_first:
+                other = measure(broker, "worker", rate, args, items, compare)
             log(f"{rate:g}/s: bare p99 {bare['p99_ms']} ms, worker p99 {worker['p99_ms']} ms")
             compared = {}
             if compare:
-                other = measure(broker, "worker", rate, args, items, compare)
                 log(f"{rate:g}/s: worker with {args.compare_env}: p99 {other['p99_ms']} ms")
                 compared = {
+                    "compared_first": args.compare_first,
                     "compared_env": args.compare_env,
                     "compared_p50_ms": other["p50_ms"],
                     "compared_p95_ms": other["p95_ms"],
