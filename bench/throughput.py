@@ -348,24 +348,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_settings(text: str) -> dict[str, Any]:
-    """``"a=1,b=x"`` as worker settings, each value converted to its setting's type.
+    """``"a=1,b=x"`` as worker settings, each value read as its ``FRESHREC_*`` variable would
+    be (the same conversion and checks as ``freshrec worker``).
 
     >>> compare_settings("gc_young_threshold=0,gc_freeze=false")
     {'gc_young_threshold': 0, 'gc_freeze': False}
     """
     from dataclasses import fields
 
-    from consumer.config import WorkerConfig
+    from consumer.config import WorkerConfig, config_from_args, env_name
+    from consumer.exceptions import ConfigError
 
-    types = {f.name: type(f.default) for f in fields(WorkerConfig)}
-    out: dict[str, Any] = {}
-    for pair in filter(None, text.split(",")):
-        key, _, value = pair.partition("=")
-        if key not in types:
-            raise SystemExit(f"--compare: {key!r} is not a worker setting")
-        kind = types[key]
-        out[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
-    return out
+    given = dict(pair.partition("=")[::2] for pair in filter(None, text.split(",")))
+    unknown = set(given) - {f.name for f in fields(WorkerConfig)}
+    if unknown:
+        raise SystemExit(f"--compare: not worker settings: {', '.join(sorted(unknown))}")
+    try:
+        config = config_from_args(argparse.Namespace(), {env_name(k): v for k, v in given.items()})
+    except ConfigError as err:
+        raise SystemExit(f"--compare: {err}") from err
+    return {name: getattr(config, name) for name in given}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -39,7 +39,6 @@ class GcPauses:
     Use as a context manager, or ``install``/``remove``."""
 
     def __init__(self, histogram: Any, *, log_over_s: float = 0.1) -> None:
-        self.histogram = histogram
         self.log_over_s = log_over_s
         self._by_generation = [histogram.labels(generation=str(g)) for g in range(3)]
         self._started = 0.0
