@@ -11,6 +11,13 @@ message as it arrives. An event counts as delivered when a message for its user 
 ``event_ts`` (worker) or ``ts`` (bare loop) is at least the event's own: latency is arrival
 time minus send time, on the same clock. p50/p95/p99 are over every delivered event; events
 never delivered within ``--drain`` seconds after the last send are reported as lost.
+
+With ``--rounds N`` each loop is measured N times per rate and every figure is the median;
+with ``--compare-env`` the two workers take turns going first, so that run order (the second
+of two worker runs was often slower on the shared VM) does not decide a comparison::
+
+    .venv/bin/python bench/latency.py --rates 500 --rounds 3 \
+        --compare-env FRESHREC_GC_BUSY_YOUNG_THRESHOLD=0
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -373,6 +381,86 @@ def pct(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(len(values) * q / 100))], 1)
 
 
+def measure_rate(
+    broker: Broker, rate: float, args: argparse.Namespace, items: Any, compare: dict[str, str]
+) -> dict[str, Any]:
+    """One table row: ``args.rounds`` rounds of the bare loop, the worker and (with
+    ``compare``) the compared worker at ``rate``, each figure the median over the rounds.
+
+    A worker run second was often slower for reasons of its own, so the two workers take
+    turns going first (``--compare-first`` says who starts), and one round decides nothing.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "worker": [], "compared": []}
+    for round_no in range(args.rounds):
+        runs["bare"].append(measure(broker, "bare", rate, args, items))
+        order = run_order(round_no, bool(compare), args.compare_first)
+        for name in order:
+            extra = compare if name == "compared" else None
+            runs[name].append(measure(broker, "worker", rate, args, items, extra))
+        log(
+            f"{rate:g}/s round {round_no + 1}/{args.rounds} ({' then '.join(order)}): p99 "
+            + ", ".join(f"{n} {runs[n][-1]['p99_ms']} ms" for n in ("bare", *order))
+        )
+    bare, worker = _medians(runs["bare"]), _medians(runs["worker"])
+    row: dict[str, Any] = {
+        "offered_rate": rate,
+        "rounds": args.rounds,
+        "bare_p50_ms": bare["p50_ms"],
+        "bare_p95_ms": bare["p95_ms"],
+        "bare_p99_ms": bare["p99_ms"],
+        "worker_p50_ms": worker["p50_ms"],
+        "worker_p95_ms": worker["p95_ms"],
+        "worker_p99_ms": worker["p99_ms"],
+        "p99_ratio": round(worker["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
+        "bare_lost": bare["lost"],
+        "worker_lost": worker["lost"],
+        "events": sum(r["delivered"] + r["lost"] for r in runs["bare"]),
+        "bare_p99_ms_by_round": [r["p99_ms"] for r in runs["bare"]],
+        "worker_p99_ms_by_round": [r["p99_ms"] for r in runs["worker"]],
+        "worker_ms_per_batch": runs["worker"][-1]["worker_ms_per_batch"],
+    }
+    if compare:
+        other = _medians(runs["compared"])
+        row.update(
+            {
+                "compared_first": args.compare_first,
+                "compared_env": args.compare_env,
+                "compared_p50_ms": other["p50_ms"],
+                "compared_p95_ms": other["p95_ms"],
+                "compared_p99_ms": other["p99_ms"],
+                "compared_lost": other["lost"],
+                "compared_p99_ms_by_round": [r["p99_ms"] for r in runs["compared"]],
+                "compared_ms_per_batch": runs["compared"][-1]["worker_ms_per_batch"],
+            }
+        )
+    return row
+
+
+def run_order(round_no: int, compare: bool, compare_first: bool) -> list[str]:
+    """The worker runs of round ``round_no`` (from 0), in order: the compared worker goes
+    first in every other round, starting with round 0 if ``compare_first``.
+
+    >>> [run_order(r, True, False) for r in range(3)]
+    [['worker', 'compared'], ['compared', 'worker'], ['worker', 'compared']]
+    >>> run_order(0, True, True), run_order(1, False, True)
+    (['compared', 'worker'], ['worker'])
+    """
+    if not compare:
+        return ["worker"]
+    first_compared = compare_first != (round_no % 2 == 1)
+    return ["compared", "worker"] if first_compared else ["worker", "compared"]
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each percentile's median over ``runs`` (``measure`` results); lost events summed."""
+    out: dict[str, Any] = {
+        key: round(statistics.median(r[key] for r in runs), 1)
+        for key in ("p50_ms", "p95_ms", "p99_ms")
+    }
+    out["lost"] = sum(r["lost"] for r in runs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -414,11 +502,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the --compare-env worker before the plain one (default: after it)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each loop this many times per rate and report medians; with "
+        "--compare-env the two workers take turns going first (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument(
         "--logs", type=Path, help="keep each loop's log in this folder (default: thrown away)"
     )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.logs:
         global LOG_DIR
         args.logs.mkdir(parents=True, exist_ok=True)
@@ -432,50 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for rate in [float(r) for r in args.rates.split(",")]:
-            bare = measure(broker, "bare", rate, args, items)
-            # A worker run second was often slower for reasons of its own: --compare-first
-            # swaps the order, so that a difference can be checked both ways.
-            if compare and args.compare_first:
-                other = measure(broker, "worker", rate, args, items, compare)
-            worker = measure(broker, "worker", rate, args, items)
-            if compare and not args.compare_first:
-                other = measure(broker, "worker", rate, args, items, compare)
-            log(f"{rate:g}/s: bare p99 {bare['p99_ms']} ms, worker p99 {worker['p99_ms']} ms")
-            compared = {}
-            if compare:
-                log(f"{rate:g}/s: worker with {args.compare_env}: p99 {other['p99_ms']} ms")
-                compared = {
-                    "compared_first": args.compare_first,
-                    "compared_env": args.compare_env,
-                    "compared_p50_ms": other["p50_ms"],
-                    "compared_p95_ms": other["p95_ms"],
-                    "compared_p99_ms": other["p99_ms"],
-                    "compared_lost": other["lost"],
-                    "compared_ms_per_batch": other["worker_ms_per_batch"],
-                }
-            rows.append(
-                {
-                    "offered_rate": rate,
-                    "bare_p50_ms": bare["p50_ms"],
-                    "bare_p95_ms": bare["p95_ms"],
-                    "bare_p99_ms": bare["p99_ms"],
-                    "worker_p50_ms": worker["p50_ms"],
-                    "worker_p95_ms": worker["p95_ms"],
-                    "worker_p99_ms": worker["p99_ms"],
-                    "p99_ratio": round(worker["p99_ms"] / bare["p99_ms"], 2)
-                    if bare["p99_ms"]
-                    else None,
-                    "bare_lost": bare["lost"],
-                    "worker_lost": worker["lost"],
-                    "events": bare["delivered"] + bare["lost"],
-                    "worker_ms_per_batch": worker["worker_ms_per_batch"],
-                    **compared,
-                }
-            )
+            rows.append(measure_rate(broker, rate, args, items, compare))
     finally:
         broker.stop()
     headers = [
         "offered events/s",
+        "rounds",
         "bare p50 / p95 / p99 ms",
         "worker p50 / p95 / p99 ms",
         "p99 worker / bare",
@@ -489,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 [
                     f"{r['offered_rate']:,.0f}",
+                    r["rounds"],
                     f"{r['bare_p50_ms']} / {r['bare_p95_ms']} / {r['bare_p99_ms']}",
                     f"{r['worker_p50_ms']} / {r['worker_p95_ms']} / {r['worker_p99_ms']}",
                     r["p99_ratio"],

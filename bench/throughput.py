@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.kafka_rig import Broker, bare_loop, log, markdown_table, produce_all, run_id
-from serving.gcpause import GcPauses, tune_collector
 
 
 def catalog(name: str, seed: int) -> list[Any]:
@@ -111,12 +110,10 @@ def run_worker(
 
     config = worker_config(broker, prefix, args, group, **(overrides or {}))
     kw = build_worker(config, recommender=Recommender(base.encoder, base.config))
-    pauses = GcPauses(kw.worker.metrics.gc_pause_seconds).install()
     thresholds = gc.get_threshold()
     try:
         start = time.perf_counter()
-        kw.worker.bootstrap()
-        tune_collector(freeze=config.gc_freeze, young_threshold=config.gc_young_threshold)
+        kw.start()  # as `freshrec worker` does: catalog loaded, collector tuned
         load_s = time.perf_counter() - start
         log(
             f"worker: catalog of {len(kw.worker.recommender.items):,} items loaded in {load_s:.1f}s"
@@ -167,7 +164,6 @@ def run_worker(
             "stages": stages,
         }
     finally:
-        pauses.remove()
         # The next worker in this process starts from the same collector as this one.
         gc.unfreeze()
         gc.set_threshold(*thresholds)

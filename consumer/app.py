@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from learner.head import HeadConfig
 from learner.image_encoder import CachedImageEncoder, ImageEncoder
 from learner.recommender import ModelConfig, Recommender
 from learner.rules import Rules
+from serving.gcpause import BusyYoungThreshold, GcPauses, tune_collector
 from serving.metrics import WorkerMetrics
 from serving.publisher import KafkaPublisher
 
@@ -133,7 +134,16 @@ def _consumer(config: WorkerConfig, **overrides: Any) -> Any:
 
 @dataclass
 class KafkaWorker:
-    """A worker with its Kafka clients, so that the CLI can close them in order."""
+    """A worker with its Kafka clients: ``start`` readies it for its first event, ``close``
+    closes the clients in order. ``freshrec worker`` and bench/throughput.py start it alike::
+
+        kw = build_worker(config)
+        kw.start()
+        try:
+            kw.worker.run()
+        finally:
+            kw.close()
+    """
 
     config: WorkerConfig
     worker: Worker
@@ -143,8 +153,19 @@ class KafkaWorker:
     state_log: KafkaStateLog | None = None
     residency: Residency | None = None
     user_feed: ItemFeed | None = None
+    _pauses: GcPauses | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Time every garbage collection into the worker's metrics from now on, load the
+        catalog and profiles (``Worker.bootstrap``), then tune the collector for the long run:
+        the start-up heap frozen, the young threshold set (``serving.gcpause``)."""
+        self._pauses = GcPauses(self.worker.metrics.gc_pause_seconds).install()
+        self.worker.bootstrap()
+        tune_collector(freeze=self.config.gc_freeze, young_threshold=self.config.gc_young_threshold)
 
     def close(self) -> None:
+        if self._pauses is not None:
+            self._pauses.remove()
         sync = self.worker.model_sync
         try:
             if sync is not None:
@@ -345,6 +366,9 @@ def build_worker(
         residency=residency,
         model_sync=model_sync,
         threads=config.torch_threads if config.torch_threads > 0 else torch.get_num_threads(),
+        young_gc=BusyYoungThreshold(config.gc_busy_young_threshold)
+        if config.gc_busy_young_threshold > 0
+        else None,
     )
     return KafkaWorker(config, worker, source, item_feed, producer, state_log, residency, user_feed)
 

@@ -81,7 +81,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker
     from consumer.config_file import config_path, read_rules
     from consumer.security import check_kafka_login
-    from serving.gcpause import GcPauses, tune_collector
     from serving.http import MetricsServer
     from serving.metrics import WorkerMetrics
 
@@ -118,12 +117,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    pauses = GcPauses(metrics.gc_pause_seconds).install()
     try:
-        kw.worker.bootstrap()
-        # The models, the catalog and every import out of the collector's walk; fewer young
-        # collections (serving/gcpause.py).
-        tune_collector(freeze=config.gc_freeze, young_threshold=config.gc_young_threshold)
+        kw.start()  # catalog and profiles loaded, the collector tuned (serving/gcpause.py)
         log.info(
             "consuming %s as group %r; publishing to %s",
             config.events_topic,
@@ -132,7 +127,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         kw.worker.run()
     finally:
-        pauses.remove()
         kw.close()
         server.stop()
     t = kw.worker.totals

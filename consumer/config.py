@@ -154,6 +154,12 @@ class WorkerConfig:
         "500-event batch 5.5 -> 0.9 ms, 7% more events/s) but makes each young collection "
         "rarer and longer (50-250 ms at light load, every few seconds)",
     )
+    gc_busy_young_threshold: int = _setting(
+        50_000,
+        "the young-collection threshold while the worker is behind (polls bring at least half "
+        "of --batch-size), back to --gc-young-threshold once it keeps up: the throughput of a "
+        "high threshold on full batches without its long pauses at light load (0: no switch)",
+    )
     min_events: int = _setting(3, "events before a user's list is fully personal")
     user_half_life_hours: float = _setting(336.0, "half-life of an event's weight in user state")
     trending_half_life_hours: float = _setting(72.0, "half-life of trending popularity")

@@ -39,6 +39,7 @@ from learner.types import (
     UserRecommendation,
 )
 from serving.exceptions import PublishError
+from serving.gcpause import BusyYoungThreshold
 from serving.metrics import WorkerMetrics
 from serving.publisher import Publisher
 
@@ -132,6 +133,7 @@ class Worker:
         residency: Residency | None = None,
         model_sync: ModelSync | None = None,
         threads: int = 0,
+        young_gc: BusyYoungThreshold | None = None,
     ) -> None:
         self.source = source
         self.recommender = recommender
@@ -144,6 +146,8 @@ class Worker:
         # Compute threads for a batch at least half of batch_size (0: leave torch's setting);
         # smaller batches run on one (see _use_threads).
         self.threads = threads
+        # The collector's young threshold while behind, likewise (None: left alone).
+        self.young_gc = young_gc
         self.poll_timeout_ms = poll_timeout_ms
         self.top_k = top_k
         self.limits = limits or Limits()
@@ -312,9 +316,9 @@ class Worker:
 
     def _handle(self, records: list[Record], item_changes: int) -> StepReport:
         """Decode, learn, rank, deliver and commit one batch of event records."""
+        self._adapt_to_load(len(records))
         if not records:
             return StepReport(item_changes=item_changes)
-        self._use_threads(len(records))
         try:
             with self._timed("decode"):
                 batch = self._decode(records)
@@ -335,16 +339,25 @@ class Worker:
         self.totals = self.totals + report
         return report
 
-    def _use_threads(self, n_records: int) -> None:
-        """All ``threads`` for a batch of at least half ``batch_size`` (the worker is behind:
-        throughput counts), one for a smaller one (it keeps up: latency counts). On a small
-        machine shared with the Kafka client's threads (and here the broker), OpenMP's
-        threads spinning between a small batch's many short operations take the CPU those
-        need: on two cores at 500 events/s, p99 freshness was 790 ms with two threads for
-        every batch and about 300 ms with one, while full batches run 1.2x faster on two."""
+    def _adapt_to_load(self, n_records: int) -> None:
+        """Tune for throughput when a poll brings at least half ``batch_size`` (the worker is
+        behind: throughput counts), for latency when it brings less (it keeps up): compute
+        threads (:meth:`_use_threads`) and the garbage collector's young threshold
+        (``serving.gcpause.BusyYoungThreshold``)."""
+        behind = 2 * n_records >= self.batch_size
+        self._use_threads(behind)
+        if self.young_gc is not None:
+            self.young_gc.update(behind)
+
+    def _use_threads(self, behind: bool) -> None:
+        """All ``threads`` when ``behind``, one otherwise. On a small machine shared with the
+        Kafka client's threads (and here the broker), OpenMP's threads spinning between a
+        small batch's many short operations take the CPU those need: on two cores at 500
+        events/s, p99 freshness was 790 ms with two threads for every batch and about 300 ms
+        with one, while full batches run 1.2x faster on two."""
         if self.threads <= 1:
             return
-        want = self.threads if 2 * n_records >= self.batch_size else 1
+        want = self.threads if behind else 1
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
             set_ann_threads(want)

@@ -117,7 +117,7 @@ class ImageEncoder:
             with warnings.catch_warnings():
                 # Without torchvision transformers falls back to its Pillow processors and says so.
                 warnings.simplefilter("ignore")
-                self.processor = AutoImageProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                self.processor = AutoImageProcessor.from_pretrained(  # type: ignore[no-untyped-call,unused-ignore]
                     str(self.model_dir), local_files_only=True
                 )
             dtype = torch.float32

@@ -27,7 +27,13 @@ import time
 from types import TracebackType
 from typing import Any
 
-__all__ = ["GcPauses", "freeze_heap", "set_young_threshold", "tune_collector"]
+__all__ = [
+    "BusyYoungThreshold",
+    "GcPauses",
+    "freeze_heap",
+    "set_young_threshold",
+    "tune_collector",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +141,42 @@ def tune_collector(*, freeze: bool, young_threshold: int) -> None:
         freeze_heap()
     set_young_threshold(young_threshold)
     log.info("garbage collector thresholds: %s", gc.get_threshold())
+
+
+class BusyYoungThreshold:
+    """The young-collection threshold by load: ``busy`` while the worker is behind, back to
+    what it was (Python's 700, or ``--gc-young-threshold``) once it keeps up again.
+
+    The trade-off of :func:`set_young_threshold`, taken per batch rather than per process: a
+    worker that is behind gets full batches, where a high threshold lets most of a batch's
+    objects die before any collection walks them (7% more events/s on ml-100k) and a pause
+    costs no freshness, since the backlog dominates it. A worker that keeps up gets small
+    batches, where freshness counts and Python's frequent small collections are the better
+    trade. ``update`` is called once per poll; the threshold changes only when the load does.
+
+    >>> before = gc.get_threshold()
+    >>> busy = BusyYoungThreshold(50_000)
+    >>> busy.update(True); gc.get_threshold()[0]
+    50000
+    >>> busy.update(False); gc.get_threshold() == before
+    True
+    """
+
+    def __init__(self, busy: int) -> None:
+        if busy <= 0:
+            raise ValueError(f"busy threshold must be positive, not {busy}")
+        self.busy = busy
+        self._idle: int | None = None  # the threshold to return to; None while not busy
+
+    @property
+    def active(self) -> bool:
+        """Whether the busy threshold is in force now."""
+        return self._idle is not None
+
+    def update(self, behind: bool) -> None:
+        """Switch to the busy threshold when ``behind``, back when not (no-op otherwise)."""
+        if behind and self._idle is None:
+            self._idle = set_young_threshold(self.busy)[0]
+        elif not behind and self._idle is not None:
+            set_young_threshold(self._idle)
+            self._idle = None

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.gcpause import GcPauses, freeze_heap
+from serving.gcpause import BusyYoungThreshold, GcPauses, freeze_heap
 from serving.metrics import WorkerMetrics
 
 
@@ -99,3 +99,24 @@ def test_a_worker_tunes_the_collector_once_started(unfrozen: None) -> None:
         assert gc.get_threshold()[0] == 12_345 and gc.get_freeze_count() > 0
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_busy_threshold_holds_only_while_behind_and_then_gives_back_the_one_before() -> None:
+    before = gc.get_threshold()
+    busy = BusyYoungThreshold(40_000)
+    try:
+        gc.set_threshold(1_234, *before[1:])  # e.g. --gc-young-threshold 1234
+        busy.update(False)
+        assert gc.get_threshold()[0] == 1_234 and not busy.active
+        busy.update(True)
+        busy.update(True)  # still behind: nothing changes, the threshold to return to kept
+        assert gc.get_threshold() == (40_000, *before[1:]) and busy.active
+        busy.update(False)
+        assert gc.get_threshold() == (1_234, *before[1:]) and not busy.active
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_busy_threshold_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        BusyYoungThreshold(0)

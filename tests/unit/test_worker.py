@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from consumer.source import InMemorySource, Record, TopicPartitionKey
 from consumer.worker import StepReport, Worker
 from learner.types import Event, UserRecommendation
 from serving.exceptions import PublishError
+from serving.gcpause import BusyYoungThreshold
 from serving.publisher import InMemoryPublisher
 
 pytestmark = pytest.mark.timeout(60)  # a loop that fails to stop must not hang the suite
@@ -602,6 +604,40 @@ def test_without_threads_the_worker_leaves_torchs_setting_alone(
     assert seen.threads == [2]
 
 
+class ThresholdSeen(InMemoryPublisher):
+    """Records the collector's young threshold when each batch's lists are published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds: list[int] = []
+
+    def publish(self, recs: Sequence[UserRecommendation]) -> None:
+        self.thresholds.append(gc.get_threshold()[0])
+        super().publish(recs)
+
+
+def test_behind_the_worker_collects_young_objects_less_often_and_keeping_up_as_before(
+    make_worker: MakeWorker, event_record: EventRecord
+) -> None:
+    """Full batches (behind: throughput counts) run under the busy young threshold; small
+    ones (keeping up: latency counts) and empty polls under the one the process had."""
+    before = gc.get_threshold()
+    records = [event_record(i) for i in range(4 + 1 + 2)]
+    seen = ThresholdSeen()
+    source = SizedBatches(records, sizes=[4, 1, 2, 0])
+    rig = make_worker(
+        source=source, publisher=seen, batch_size=4, young_gc=BusyYoungThreshold(54_321)
+    )
+    try:
+        for _ in range(3):
+            rig.worker.step()
+        assert seen.thresholds == [54_321, before[0], 54_321]
+        rig.worker.step()  # an empty poll: keeping up
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
+
 class CyclingSource(InMemorySource):
     """A source whose poll ends the way kafka-python 3.0's does when a wait times out: with an
     exception whose traceback forms a reference cycle with the frame it was raised in (and so,
@@ -622,7 +658,6 @@ def test_a_polls_exception_cycle_does_not_keep_the_batch_alive(
     """Only a full garbage collection frees a reference cycle that lived long enough to reach
     the oldest generation; whatever the cycle's frames reach must not include the batch's
     events, lists and scores, or every batch would live until then (tens of ms to collect)."""
-    import gc
 
     from consumer.worker import _Batch
 
