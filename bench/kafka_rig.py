@@ -169,11 +169,19 @@ def bare_loop(
     timeout_s: float = 600.0,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    stall_s: float | None = None,
 ) -> tuple[int, float]:
     """The ceiling: consume, decode, produce one message per event, flush, commit.
 
     Runs until ``n_events`` are consumed (or ``stop()``); returns (events, seconds from the
     first record to the last commit). ``on_batch`` sees each decoded batch after its commit.
+
+    ``stall_s``, for a caller that wrote every event beforehand: give up (``RuntimeError``)
+    after that long without a record. Once in the throughput bench (2026-12-04) the
+    consumer joined its group, rejoined 0.1 s later, then sent no heartbeat and fetched
+    nothing for ten minutes, with no warning logged, until the bench's 30-minute limit; the
+    broker removed it from the group after 45 s. Not reproduced in 25 runs of this loop
+    alone; see docs/performance.md.
     """
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
@@ -184,13 +192,20 @@ def bare_loop(
     producer = broker.producer(linger_ms=100)  # flushed per batch, as the worker
     done, first = 0, 0.0
     deadline = time.monotonic() + timeout_s
+    last_record = time.monotonic()
     try:
         while done < n_events and time.monotonic() < deadline:
             if stop is not None and stop():
                 break
             polled = consumer.poll(timeout_ms=200, max_records=batch_size)
             if not polled:
+                if stall_s is not None and time.monotonic() - last_record > stall_s:
+                    raise RuntimeError(
+                        f"bare loop: no record of {in_topic} for {stall_s:.0f}s after "
+                        f"{done:,} of {n_events:,} events (assigned: {consumer.assignment()})"
+                    )
                 continue
+            last_record = time.monotonic()
             if not first:
                 first = time.perf_counter()
             offsets: dict[Any, Any] = {}

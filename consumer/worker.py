@@ -146,7 +146,7 @@ class Worker:
         # Compute threads for a batch at least half of batch_size (0: leave torch's setting);
         # smaller batches run on one (see _use_threads).
         self.threads = threads
-        # The collector's young threshold while behind, likewise (None: left alone).
+        # The collector's young threshold while a backlog waits (None: left alone).
         self.young_gc = young_gc
         self.poll_timeout_ms = poll_timeout_ms
         self.top_k = top_k
@@ -342,12 +342,14 @@ class Worker:
     def _adapt_to_load(self, n_records: int) -> None:
         """Tune for throughput when a poll brings at least half ``batch_size`` (the worker is
         behind: throughput counts), for latency when it brings less (it keeps up): compute
-        threads (:meth:`_use_threads`) and the garbage collector's young threshold
-        (``serving.gcpause.BusyYoungThreshold``)."""
-        behind = 2 * n_records >= self.batch_size
-        self._use_threads(behind)
+        threads (:meth:`_use_threads`). The garbage collector's young threshold
+        (``serving.gcpause.BusyYoungThreshold``) goes up only for a full poll, when records
+        are waiting beyond this batch and the backlog sets freshness: near capacity (polls of
+        150-360 of 500 at 2,000 events/s on the 2-core VM), switching it at half a batch
+        doubled p99 freshness (median of 3 runs 652 -> 1,336 ms)."""
+        self._use_threads(2 * n_records >= self.batch_size)
         if self.young_gc is not None:
-            self.young_gc.update(behind)
+            self.young_gc.update(n_records >= self.batch_size)
 
     def _use_threads(self, behind: bool) -> None:
         """All ``threads`` when ``behind``, one otherwise. On a small machine shared with the

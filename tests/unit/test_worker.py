@@ -616,22 +616,23 @@ class ThresholdSeen(InMemoryPublisher):
         super().publish(recs)
 
 
-def test_behind_the_worker_collects_young_objects_less_often_and_keeping_up_as_before(
+def test_with_a_backlog_the_worker_collects_young_objects_less_often_and_otherwise_as_before(
     make_worker: MakeWorker, event_record: EventRecord
 ) -> None:
-    """Full batches (behind: throughput counts) run under the busy young threshold; small
-    ones (keeping up: latency counts) and empty polls under the one the process had."""
+    """Full polls (a backlog waits: throughput counts) run under the busy young threshold;
+    smaller ones (near capacity or keeping up: latency counts) and empty polls under the one
+    the process had."""
     before = gc.get_threshold()
-    records = [event_record(i) for i in range(4 + 1 + 2)]
+    records = [event_record(i) for i in range(4 + 1 + 2 + 4)]
     seen = ThresholdSeen()
-    source = SizedBatches(records, sizes=[4, 1, 2, 0])
+    source = SizedBatches(records, sizes=[4, 1, 2, 4, 0])
     rig = make_worker(
         source=source, publisher=seen, batch_size=4, young_gc=BusyYoungThreshold(54_321)
     )
     try:
-        for _ in range(3):
+        for _ in range(4):
             rig.worker.step()
-        assert seen.thresholds == [54_321, before[0], 54_321]
+        assert seen.thresholds == [54_321, before[0], before[0], 54_321]
         rig.worker.step()  # an empty poll: keeping up
         assert gc.get_threshold() == before
     finally:
