@@ -1,6 +1,9 @@
 """CUDA against CPU for the learner: same results within tolerance, and how fast each runs.
 
 Run by ``bench/gpu.sh`` on a GPU machine. Prints one table; exits 1 if a check fails.
+``--device cpu`` runs every step with the CPU in the accelerator's place, so that the check
+itself is exercised where there is no GPU (``make test`` does, on a small replay): its figures
+then compare the CPU with itself and mean nothing.
 """
 
 from __future__ import annotations
@@ -105,18 +108,30 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--long-texts", type=int, default=20_000)
+    ap.add_argument(
+        "--items", type=int, default=0, help="the first N ml-100k items only (0: all of them)"
+    )
+    ap.add_argument(
+        "--device", default="cuda", help="the device checked against the CPU (default: cuda)"
+    )
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    dev = args.device
+    cuda = dev.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 1
+    acc = "CUDA" if cuda else dev.upper()  # the accelerator's name in the table
     items = load_ml100k_items(args.data)
-    events = load_ml100k_events(args.data)[: args.events]
+    if args.items:
+        items = items[: args.items]
+    kept = {it.item_id for it in items}
+    events = [ev for ev in load_ml100k_events(args.data) if ev.item_id in kept][: args.events]
     texts = [it.text for it in items]
     rows: list[tuple[str, str, str]] = []
     ok = True
 
     cpu_enc = TextEncoder(args.model, device="cpu", batch_size=256)
-    gpu_enc = TextEncoder(args.model, device="cuda", batch_size=1024)
+    gpu_enc = TextEncoder(args.model, device=dev, batch_size=1024 if cuda else 256)
     assert not any(p.requires_grad for p in gpu_enc.model.parameters())
     e_cpu = cpu_enc.encode(texts)
     e_gpu = gpu_enc.encode(texts).cpu()
@@ -125,7 +140,7 @@ def main() -> int:
     ok &= agree
     rows.append(
         (
-            "encoder cosine CUDA bf16 vs CPU fp32 (ml-100k titles)",
+            f"encoder cosine {acc}{' bf16' if cuda else ''} vs CPU fp32 (ml-100k titles)",
             f"min {float(cos.min()):.4f} mean {float(cos.mean()):.5f}",
             "ok" if agree else "FAIL (< 0.99)",
         )
@@ -138,13 +153,13 @@ def main() -> int:
         )
     )
     rows.append(
-        ("encode ml-100k titles, CUDA", f"{_encode_rate(gpu_enc, texts, 'cuda'):,.0f} items/s", "")
+        (f"encode ml-100k titles, {acc}", f"{_encode_rate(gpu_enc, texts, dev):,.0f} items/s", "")
     )
     long = _long_texts(args.long_texts)
     rows.append(
         (
-            "encode ~128-token texts, CUDA",
-            f"{_encode_rate(gpu_enc, long, 'cuda'):,.0f} items/s",
+            f"encode ~128-token texts, {acc}",
+            f"{_encode_rate(gpu_enc, long, dev):,.0f} items/s",
             f"{len(long)} texts",
         )
     )
@@ -152,17 +167,17 @@ def main() -> int:
         (
             "encode ~128-token texts, CPU fp32",
             f"{_encode_rate(cpu_enc, long[:1000], 'cpu', 1):,.0f} items/s",
-            "1000 texts",
+            f"{len(long[:1000])} texts",
         )
     )
 
-    results = {}
-    for device in ("cpu", "cuda"):
+    results = []
+    for device in ("cpu", dev):
         rec = Recommender(FixedEncoder(texts, e_cpu, device), ModelConfig())
         rec.upsert_items(items)
         hr, eps = _replay(rec, events, args.batch, 10)
         users = sorted({ev.user_id for ev in events})[: args.users]
-        results[device] = (hr, eps, rec.recommend(users, 10))
+        results.append((hr, eps, rec.recommend(users, 10)))
         rows.append(
             (
                 f"learner replay {len(events)} events, batch {args.batch}, {device}",
@@ -170,8 +185,7 @@ def main() -> int:
                 f"HR@10 {hr:.4f}",
             )
         )
-    hr_c, _, lists_c = results["cpu"]
-    hr_g, _, lists_g = results["cuda"]
+    (hr_c, _, lists_c), (hr_g, _, lists_g) = results
     overlap = statistics.mean(
         len({i.item_id for i in a.items} & {i.item_id for i in b.items}) / max(1, len(a.items))
         for a, b in zip(lists_c, lists_g, strict=True)
@@ -180,53 +194,57 @@ def main() -> int:
     ok &= overlap >= 0.9 and same_hr
     rows.append(
         (
-            "top-10 overlap CUDA vs CPU after replay",
+            f"top-10 overlap {acc} vs CPU after replay",
             f"{overlap:.3f}",
             "ok" if overlap >= 0.9 else "FAIL (< 0.9)",
         )
     )
     rows.append(
         (
-            "HR@10 difference CUDA vs CPU",
+            f"HR@10 difference {acc} vs CPU",
             f"{abs(hr_c - hr_g):.4f}",
             "ok" if same_hr else "FAIL (> 0.01)",
         )
     )
 
-    n_items = 100_000
-    x = torch.nn.functional.normalize(torch.randn(n_items, 384, device="cuda"), dim=-1).half()
-    q = torch.nn.functional.normalize(torch.randn(1024, 384, device="cuda"), dim=-1).half()
+    n_items = 100_000 if cuda else 10_000
+    dtype = torch.float16 if cuda else torch.float32
+    x = torch.nn.functional.normalize(torch.randn(n_items, 384, device=dev), dim=-1).to(dtype)
+    q = torch.nn.functional.normalize(torch.randn(1024, 384, device=dev), dim=-1).to(dtype)
     times = []
-    for _ in range(20):
-        torch.cuda.synchronize()
+    repeats = 20 if cuda else 6
+    for _ in range(repeats):
+        _sync(dev)
         t0 = time.perf_counter()
         torch.topk(q @ x.T, 10, dim=-1)
-        torch.cuda.synchronize()
+        _sync(dev)
         times.append(time.perf_counter() - t0)
     rows.append(
         (
-            "exact scores + top-10, 1024 users x 100k items, fp16",
+            f"exact scores + top-10, 1024 users x {n_items // 1000}k items, "
+            f"{str(dtype).removeprefix('torch.')}",
             f"{statistics.median(times[5:]) * 1000:.2f} ms",
-            "median of 15",
+            f"median of {repeats - 5}",
         )
     )
 
     # The worker's GPU series (serving/gpu.py) read from the real device: memory must show
     # the tensors above; utilisation needs NVML (nvidia-ml-py) and is reported if present.
-    from serving.gpu import GpuCollector
+    if cuda:
+        from serving.gpu import GpuCollector
 
-    series = {s.name: s.value for m in GpuCollector("cuda").collect() for s in m.samples}
-    memory_ok = series.get("freshrec_gpu_memory_used_bytes", 0.0) > 0
-    ok &= memory_ok
-    rows.append(
-        (
-            "worker GPU series (freshrec_gpu_*)",
-            ", ".join(f"{k.removeprefix('freshrec_gpu_')} {v:,.2f}" for k, v in series.items()),
-            "ok" if memory_ok else "FAIL (no memory in use)",
+        series = {s.name: s.value for m in GpuCollector(dev).collect() for s in m.samples}
+        memory_ok = series.get("freshrec_gpu_memory_used_bytes", 0.0) > 0
+        ok &= memory_ok
+        rows.append(
+            (
+                "worker GPU series (freshrec_gpu_*)",
+                ", ".join(f"{k.removeprefix('freshrec_gpu_')} {v:,.2f}" for k, v in series.items()),
+                "ok" if memory_ok else "FAIL (no memory in use)",
+            )
         )
-    )
 
-    name = torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name(0) if cuda else f"{acc} (a smoke run: no accelerator)"
     print(f"\n## freshrec GPU check on {name}\n")
     print("| what | figure | note |\n|---|---|---|")
     for what, figure, note in rows:
