@@ -180,8 +180,8 @@ def bare_loop(
     after that long without a record. Once in the throughput bench (2026-12-04) the
     consumer joined its group, rejoined 0.1 s later, then sent no heartbeat and fetched
     nothing for ten minutes, with no warning logged, until the bench's 30-minute limit; the
-    broker removed it from the group after 45 s. Not reproduced in 25 runs of this loop
-    alone; see docs/performance.md.
+    broker removed it from the group after 45 s. Not reproduced in 65 more runs; see
+    docs/performance.md.
     """
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata

@@ -58,6 +58,28 @@ def test_a_state_record_round_trips_exactly() -> None:
     assert decode_state(encode_state(snap)) == snap
 
 
+def test_a_state_record_is_the_documented_map_of_arrays_byte_for_byte() -> None:
+    """The record's bytes are fixed by the contract (consumer/changelog.py), whatever
+    Python types the snapshot holds its sequences in: workers of two versions share the
+    changelog."""
+    snap = UserSnapshot(
+        "u1", b"\x00" * 8, 7, 2, (("a", 1.0, 7000),), ("old",), (42,), "enc", ("b", "c")
+    )
+    documented = {
+        "v": 1,
+        "user_id": "u1",
+        "vector": b"\x00" * 8,
+        "last_ts": 7,
+        "count": 2,
+        "history": [["a", 1.0, 7000]],
+        "consumed": ["old"],
+        "seen": [42],
+        "encoder": "enc",
+        "ranked": ["b", "c"],
+    }
+    assert encode_state(snap) == msgpack.packb(documented, use_bin_type=True)
+
+
 @pytest.mark.parametrize(
     "value",
     [b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 2}), msgpack.packb({"v": 1})],
