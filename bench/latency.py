@@ -401,35 +401,25 @@ def measure_rate(
             f"{rate:g}/s round {round_no + 1}/{args.rounds} ({' then '.join(order)}): p99 "
             + ", ".join(f"{n} {runs[n][-1]['p99_ms']} ms" for n in ("bare", *order))
         )
-    bare, worker = _medians(runs["bare"]), _medians(runs["worker"])
+    bare, worker = _summary("bare", runs["bare"]), _summary("worker", runs["worker"])
     row: dict[str, Any] = {
         "offered_rate": rate,
         "rounds": args.rounds,
-        "bare_p50_ms": bare["p50_ms"],
-        "bare_p95_ms": bare["p95_ms"],
-        "bare_p99_ms": bare["p99_ms"],
-        "worker_p50_ms": worker["p50_ms"],
-        "worker_p95_ms": worker["p95_ms"],
-        "worker_p99_ms": worker["p99_ms"],
-        "p99_ratio": round(worker["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
-        "bare_lost": bare["lost"],
-        "worker_lost": worker["lost"],
+        **bare,
+        **worker,
+        "p99_ratio": round(worker["worker_p99_ms"] / bare["bare_p99_ms"], 2)
+        if bare["bare_p99_ms"]
+        else None,
         "events": sum(r["delivered"] + r["lost"] for r in runs["bare"]),
-        "bare_p99_ms_by_round": [r["p99_ms"] for r in runs["bare"]],
-        "worker_p99_ms_by_round": [r["p99_ms"] for r in runs["worker"]],
+        # What the worker did in its last round's window (from its /metrics).
         "worker_ms_per_batch": runs["worker"][-1]["worker_ms_per_batch"],
     }
     if compare:
-        other = _medians(runs["compared"])
         row.update(
             {
                 "compared_first": args.compare_first,
                 "compared_env": args.compare_env,
-                "compared_p50_ms": other["p50_ms"],
-                "compared_p95_ms": other["p95_ms"],
-                "compared_p99_ms": other["p99_ms"],
-                "compared_lost": other["lost"],
-                "compared_p99_ms_by_round": [r["p99_ms"] for r in runs["compared"]],
+                **_summary("compared", runs["compared"]),
                 "compared_ms_per_batch": runs["compared"][-1]["worker_ms_per_batch"],
             }
         )
@@ -451,13 +441,23 @@ def run_order(round_no: int, compare: bool, compare_first: bool) -> list[str]:
     return ["compared", "worker"] if first_compared else ["worker", "compared"]
 
 
-def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each percentile's median over ``runs`` (``measure`` results); lost events summed."""
+def _summary(loop: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A loop's row fields, named ``{loop}_...``: each percentile's median over ``runs``
+    (``measure`` results), lost events summed, and the p99 of each round.
+
+    >>> _summary("bare", [{"p50_ms": 1, "p95_ms": 2, "p99_ms": 3, "lost": 0},
+    ...                   {"p50_ms": 2, "p95_ms": 4, "p99_ms": 9, "lost": 1},
+    ...                   {"p50_ms": 3, "p95_ms": 3, "p99_ms": 5, "lost": 0}])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'bare_p50_ms': 2, 'bare_p95_ms': 3, 'bare_p99_ms': 5, 'bare_lost': 1,
+     'bare_p99_ms_by_round': [3, 9, 5]}
+    """
     out: dict[str, Any] = {
-        key: round(statistics.median(r[key] for r in runs), 1)
+        f"{loop}_{key}": round(statistics.median(r[key] for r in runs), 1)
         for key in ("p50_ms", "p95_ms", "p99_ms")
     }
-    out["lost"] = sum(r["lost"] for r in runs)
+    out[f"{loop}_lost"] = sum(r["lost"] for r in runs)
+    out[f"{loop}_p99_ms_by_round"] = [r["p99_ms"] for r in runs]
     return out
 
 
@@ -500,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-first",
         action="store_true",
-        help="run the --compare-env worker before the plain one (default: after it)",
+        help="run the --compare-env worker before the plain one in the first round (default: "
+        "after it); with --rounds the two take turns going first",
     )
     parser.add_argument(
         "--rounds",
