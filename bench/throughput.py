@@ -226,7 +226,8 @@ def bench_catalog(broker: Broker, name: str, args: argparse.Namespace) -> dict[s
             group=f"{prefix}bare{rep}",
             batch_size=args.batch_size,
             timeout_s=args.timeout,
-            stall_s=120.0,  # every event is on the topic already
+            stall_s=60.0,  # every event is on the topic already
+            reopen=2,
         )
         if done < len(events):
             raise SystemExit(f"bare loop consumed only {done} of {len(events)} events")
