@@ -213,7 +213,9 @@ def bare_loop(
                     raise RuntimeError(what)
                 reopened += 1
                 log(f"{what}; opening a new consumer ({reopened} of {reopen})")
-                consumer.close()
+                # Bounded: close() would otherwise wait up to request_timeout_ms (305 s) for a
+                # coordinator that this consumer may have lost.
+                consumer.close(timeout_ms=10_000)
                 consumer = broker.consumer(in_topic, group_id=group, max_poll_records=batch_size)
                 stalled += idle if first else 0.0  # the clock starts at the first record
                 last_record = time.monotonic()
