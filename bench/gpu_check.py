@@ -43,7 +43,7 @@ def _sync(device: str) -> None:
 
 
 def _encode_rate(enc: TextEncoder, texts: list[str], device: str, repeats: int = 3) -> float:
-    enc.encode(texts[:64])  # warm-up
+    enc.encode(texts)  # warm-up over every text: each new batch shape is slow the first time
     rates = []
     for _ in range(repeats):
         _sync(device)
