@@ -54,8 +54,8 @@ def _count(bootstrap: str, topic: str) -> int:
     try:
         for _ in range(50):
             seen += sum(len(r) for r in consumer.poll(timeout_ms=200).values())
-            if seen >= EVENTS:
-                consumer.poll(timeout_ms=1000)  # one more look: nothing beyond EVENTS
+            if seen >= EVENTS:  # one more look, so that a record beyond EVENTS is counted
+                seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
                 break
     finally:
         consumer.close()
