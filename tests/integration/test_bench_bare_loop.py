@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from bench.kafka_rig import Broker, bare_loop, produce_all
+from tests.integration.helpers import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -47,21 +48,6 @@ def _broker_with_events(bootstrap: str, prefix: str) -> FirstConsumerGetsNothing
     return broker
 
 
-def _count(bootstrap: str, topic: str) -> int:
-    """Records on ``topic``, read by a consumer of its own group."""
-    consumer = Broker(bootstrap).consumer(topic, group_id=f"{topic}-reader")
-    seen = 0
-    try:
-        for _ in range(50):
-            seen += sum(len(r) for r in consumer.poll(timeout_ms=200).values())
-            if seen >= EVENTS:  # one more look, so that a record beyond EVENTS is counted
-                seen += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
-                break
-    finally:
-        consumer.close()
-    return seen
-
-
 def test_a_consumer_that_gets_nothing_is_replaced_and_every_event_is_consumed_once(
     bootstrap: str, prefix: str
 ) -> None:
@@ -80,7 +66,7 @@ def test_a_consumer_that_gets_nothing_is_replaced_and_every_event_is_consumed_on
     assert broker.opened == 2
     assert done == EVENTS
     assert seconds > 0
-    assert _count(bootstrap, f"{prefix}out") == EVENTS
+    assert len(read_all(bootstrap, f"{prefix}out")) == EVENTS
 
 
 def test_without_a_replacement_left_the_loop_names_the_stall(bootstrap: str, prefix: str) -> None:
